@@ -1,0 +1,5 @@
+"""Allow ``python -m occystrap``."""
+
+from occystrap.cli import main
+
+main()

@@ -1,0 +1,175 @@
+"""The occystrap command line: thin commands over the library."""
+
+import dataclasses
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from occystrap import __version__, pipeline
+from occystrap.auth import Credentials
+from occystrap.errors import OccystrapError
+from occystrap.inputs.registry import RegistryInput
+from occystrap.manifest import Platform
+from occystrap.outputs.tarball import TarballWriter
+from occystrap.reference import ImageReference
+from occystrap.registry import RegistryClient, TransportOptions
+
+LOG = logging.getLogger("occystrap")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What the group's options decide for every command."""
+
+    verbose: bool
+    platform: Platform
+    platform_required: bool
+    transport: TransportOptions
+    credentials: Credentials | None
+
+
+class OccystrapGroup(click.Group):
+    """Turns library errors into one-line messages and exit codes, once."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except OccystrapError as e:
+            self._explain(ctx)
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            click.echo("\nInterrupted; nothing was written.", err=True)
+            ctx.exit(130)
+        except (click.ClickException, click.exceptions.Exit,
+                click.exceptions.Abort):
+            raise
+        except Exception as e:  # a bug: still one line unless --verbose
+            self._explain(ctx)
+            raise click.ClickException(
+                f"internal error: {type(e).__name__}: {e}; rerun with "
+                "--verbose and report it") from None
+
+    @staticmethod
+    def _explain(ctx: click.Context) -> None:
+        settings = ctx.find_object(Settings)
+        if settings and settings.verbose:
+            click.echo(traceback.format_exc().rstrip(), err=True)
+
+
+pass_settings = click.make_pass_decorator(Settings)
+
+
+def _platform(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return Platform.parse(value)
+    except OccystrapError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+@click.group(cls=OccystrapGroup, context_settings={
+    "help_option_names": ["-h", "--help"], "auto_envvar_prefix": "OCCYSTRAP"})
+@click.version_option(__version__, prog_name="occystrap")
+@click.option("--platform", callback=_platform, metavar="OS/ARCH[/VARIANT]",
+              help="Platform to pick from a multi-platform image, like "
+                   "docker's --platform (default linux/amd64).")
+@click.option("--os", "os_", default=None, help="Platform OS (default linux).")
+@click.option("--architecture", default=None,
+              help="Platform architecture (default amd64).")
+@click.option("--variant", default=None, help="Platform variant, e.g. v8.")
+@click.option("--username", default=None, help="Registry username.")
+@click.option("--password", default=None, help="Registry password or token.")
+@click.option("--insecure", is_flag=True,
+              help="Do not verify the registry's TLS certificate.")
+@click.option("--ca-cert", type=click.Path(exists=True, dir_okay=False),
+              help="CA certificate bundle to verify the registry with.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=30.0,
+              show_default=True,
+              help="Seconds to wait for a stalled connection.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show each step, and a traceback on errors.")
+@click.pass_context
+def cli(ctx, platform, os_, architecture, variant, username, password,
+        insecure, ca_cert, timeout, verbose):
+    """Fetch container images from registries, without Docker or root.
+
+    \b
+    Examples:
+      occystrap fetch-to-tarfile registry-1.docker.io library/busybox \\
+          latest busybox.tar
+      docker load -i busybox.tar
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="occystrap: %(levelname)s: %(message)s", stream=sys.stderr)
+    explicit = platform is not None or any((os_, architecture, variant))
+    if platform is None:
+        platform = Platform(os_ or "linux", architecture or "amd64", variant)
+    if username and password is None:
+        raise click.UsageError("--username needs --password")
+    ctx.obj = Settings(
+        verbose=verbose,
+        platform=platform,
+        platform_required=explicit,
+        transport=TransportOptions(
+            verify=False if insecure else (ca_cert or True),
+            read_timeout=timeout),
+        credentials=Credentials(username, password) if username else None)
+
+
+def _client(settings: Settings, reference: ImageReference) -> RegistryClient:
+    return RegistryClient(reference.registry, settings.transport,
+                          settings.credentials)
+
+
+def _report_done(summary: pipeline.Summary, destination: Path) -> None:
+    image = summary.image
+    name = image.repo_tag or f"{image.repository}@{image.tag}"
+    click.echo(
+        f"Saved {name} ({image.platform}, {len(image.layers)} layers, "
+        f"{_size(summary.bytes_transferred)} transferred in "
+        f"{summary.seconds:.1f}s) to {destination}", err=True)
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" \
+                else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count} B"
+
+
+@cli.command("fetch-to-tarfile")
+@click.argument("registry")
+@click.argument("image")
+@click.argument("tag")
+@click.argument("tarfile", type=click.Path(dir_okay=False, path_type=Path))
+@pass_settings
+def fetch_to_tarfile(settings: Settings, registry, image, tag, tarfile):
+    """Download an image into a tarball that `docker load` accepts.
+
+    TAG may be a tag or a digest (sha256:...).
+
+    \b
+    Example:
+      occystrap fetch-to-tarfile registry-1.docker.io library/busybox \\
+          latest busybox.tar
+    """
+    reference = ImageReference.parse(registry, image, tag)
+    client = _client(settings, reference)
+    try:
+        source = RegistryInput(client, reference, settings.platform,
+                               settings.platform_required)
+        summary = pipeline.run(source, TarballWriter(tarfile))
+    finally:
+        client.close()
+    _report_done(summary, tarfile)
+
+
+def main() -> None:
+    cli(prog_name="occystrap")

@@ -1,0 +1,59 @@
+"""The `docker save` layout (image spec v1.2), shared by writers and readers.
+
+Layers live at `<diff_id hex>/layer.tar`, so identical layers of different
+images share one path: that is what lets a merged directory store them once.
+"""
+
+import json
+
+from occystrap.digest import Digest
+from occystrap.image import Image
+
+MANIFEST = "manifest.json"
+REPOSITORIES = "repositories"
+LAYER_TAR = "layer.tar"
+# Legacy per-layer files, still read by old docker versions.
+LAYER_VERSION = b"1.0"
+
+
+def layer_dir(diff_id: Digest) -> str:
+    return diff_id.hex
+
+
+def layer_path(diff_id: Digest) -> str:
+    return f"{diff_id.hex}/{LAYER_TAR}"
+
+
+def config_name(config_digest: Digest) -> str:
+    return f"{config_digest.hex}.json"
+
+
+def manifest_entry(image: Image) -> dict:
+    return {
+        "Config": config_name(image.config_digest),
+        "RepoTags": [image.repo_tag] if image.repo_tag else [],
+        "Layers": [layer_path(layer.diff_id) for layer in image.layers],
+    }
+
+
+def manifest_json(image: Image) -> bytes:
+    return dumps([manifest_entry(image)])
+
+
+def legacy_layer_json(image: Image, index: int) -> bytes:
+    layer = image.layers[index]
+    doc = {"id": layer.diff_id.hex, "created": "1970-01-01T00:00:00Z"}
+    if index:
+        doc["parent"] = image.layers[index - 1].diff_id.hex
+    return dumps(doc)
+
+
+def repositories_json(image: Image) -> bytes | None:
+    if not image.repo_tag or not image.layers:
+        return None
+    name, tag = image.repo_tag.rsplit(":", 1)
+    return dumps({name: {tag: image.layers[-1].diff_id.hex}})
+
+
+def dumps(doc: object) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), sort_keys=False).encode()

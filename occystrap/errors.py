@@ -1,0 +1,79 @@
+"""The one exception tree that library code raises and cli.py reports.
+
+    OccystrapError
+     ├── InvalidReference        registry, image, tag or digest is malformed
+     ├── RegistryError           the registry answered, but not with what we need
+     │    ├── AuthenticationFailed   401 even after answering the challenge
+     │    ├── AccessDenied           403
+     │    ├── NotFound               404 for a repository, tag or blob
+     │    └── RateLimited            429 with a wait too long to sit out
+     ├── RegistryUnreachable     DNS, connection, TLS or timeout failures
+     ├── ManifestError           malformed, ambiguous or unsupported manifest/config
+     ├── PlatformNotFound        an index holds no manifest for the platform asked for
+     ├── VerificationError       a digest or size does not match what was promised
+     ├── LayerError              a layer cannot be decompressed or unpacked safely
+     ├── OutputError             the destination cannot be written as asked
+     └── StoreError              a shared directory is missing, damaged or inconsistent
+
+Every message says what went wrong and, where there is one, what to do next.
+"""
+
+
+class OccystrapError(Exception):
+    """Root of every error occystrap reports to the user."""
+
+
+class InvalidReference(OccystrapError):
+    pass
+
+
+class RegistryError(OccystrapError):
+    def __init__(self, message: str, status: int | None = None,
+                 url: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.url = url
+
+
+class AuthenticationFailed(RegistryError):
+    pass
+
+
+class AccessDenied(RegistryError):
+    pass
+
+
+class NotFound(RegistryError):
+    pass
+
+
+class RateLimited(RegistryError):
+    pass
+
+
+class RegistryUnreachable(OccystrapError):
+    pass
+
+
+class ManifestError(OccystrapError):
+    pass
+
+
+class PlatformNotFound(OccystrapError):
+    pass
+
+
+class VerificationError(OccystrapError):
+    pass
+
+
+class LayerError(OccystrapError):
+    pass
+
+
+class OutputError(OccystrapError):
+    pass
+
+
+class StoreError(OccystrapError):
+    pass

@@ -1,0 +1,70 @@
+"""An image source that pulls from a registry."""
+
+import logging
+from typing import Iterator
+
+from occystrap.errors import ManifestError, PlatformNotFound
+from occystrap.image import Image, Layer
+from occystrap.manifest import (
+    ImageIndex, ImageManifest, Platform, parse_config, parse_manifest)
+from occystrap.reference import ImageReference
+from occystrap.registry import RegistryClient
+
+LOG = logging.getLogger(__name__)
+
+
+class RegistryInput:
+    def __init__(self, client: RegistryClient, reference: ImageReference,
+                 platform: Platform, platform_required: bool = False) -> None:
+        self._client = client
+        self._reference = reference
+        self._platform = platform
+        # A single-platform image of another platform is only an error when
+        # the user asked for a platform; by default take what is there.
+        self._platform_required = platform_required
+
+    def resolve(self) -> Image:
+        ref = self._reference
+        repo = ref.repository
+        fetched = self._client.get_manifest(repo, ref.reference, ref.digest)
+        parsed = parse_manifest(fetched.data, fetched.content_type)
+        if isinstance(parsed, ImageIndex):
+            chosen = parsed.select(self._platform)
+            LOG.info("index %s: chose %s for %s", fetched.digest,
+                     chosen.digest, chosen.platform)
+            fetched = self._client.get_manifest(repo, str(chosen.digest),
+                                                chosen.digest)
+            parsed = parse_manifest(fetched.data, fetched.content_type)
+            if not isinstance(parsed, ImageManifest):
+                raise ManifestError(
+                    f"index entry {chosen.digest} of {ref} is itself an "
+                    "index; nested indexes are not supported")
+        config_bytes = self._client.fetch_blob(repo, parsed.config)
+        config = parse_config(config_bytes)
+        if len(config.diff_ids) != len(parsed.layers):
+            raise ManifestError(
+                f"{ref}: the manifest lists {len(parsed.layers)} layers but "
+                f"the config lists {len(config.diff_ids)} diff_ids")
+        if not self._platform.matches(config.platform):
+            if self._platform_required:
+                raise PlatformNotFound(
+                    f"{ref} is a single-platform image for "
+                    f"{config.platform}, not {self._platform}")
+            LOG.warning("%s is for %s, not %s", ref, config.platform,
+                        self._platform)
+        return Image(
+            repository=repo,
+            tag=ref.reference,
+            repo_tag=ref.repo_tag,
+            platform=config.platform,
+            config=config_bytes,
+            config_digest=parsed.config.digest,
+            layers=tuple(Layer(i, diff_id, descriptor)
+                         for i, (diff_id, descriptor) in enumerate(
+                             zip(config.diff_ids, parsed.layers))),
+            manifest_digest=fetched.digest)
+
+    def layer_chunks(self, layer: Layer) -> Iterator[bytes]:
+        assert layer.descriptor is not None
+        return self._client.blob_chunks(self._reference.repository,
+                                        layer.descriptor)

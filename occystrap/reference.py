@@ -1,0 +1,142 @@
+"""Parsing and normalising registry names, repositories, tags and digests."""
+
+import dataclasses
+import ipaddress
+import re
+
+from occystrap.digest import Digest
+from occystrap.errors import InvalidReference
+
+DOCKER_HUB_HOST = "registry-1.docker.io"
+# The names people (and docker's config.json) use for Docker Hub.
+_HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io",
+                "registry.hub.docker.com", "hub.docker.com"}
+
+# From the distribution reference grammar.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REPOSITORY_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_HOST_RE = re.compile(
+    r"^(?:(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+    r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Registry:
+    """Where a registry lives: host[:port] and, if the user said, a scheme."""
+
+    host: str
+    scheme: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "Registry":
+        original = text
+        scheme = None
+        lowered = text.lower()
+        for prefix in ("https://", "http://"):
+            if lowered.startswith(prefix):
+                scheme = prefix[:-3]
+                text = text[len(prefix):]
+        text = text.rstrip("/")
+        if not text or not _HOST_RE.match(text):
+            raise InvalidReference(
+                f"invalid registry {original!r}: expected HOST or HOST:PORT, "
+                "e.g. registry-1.docker.io, quay.io or localhost:5000")
+        host = text.lower()
+        if host in _HUB_ALIASES:
+            host = DOCKER_HUB_HOST
+        return cls(host, scheme)
+
+    @property
+    def hostname(self) -> str:
+        if self.host.startswith("["):
+            return self.host[1:self.host.index("]")]
+        return self.host.rsplit(":", 1)[0] if ":" in self.host else self.host
+
+    @property
+    def is_docker_hub(self) -> bool:
+        return self.host == DOCKER_HUB_HOST
+
+    @property
+    def is_local(self) -> bool:
+        """Loopback registries may speak plain HTTP, as docker allows."""
+        name = self.hostname
+        if name == "localhost" or name.endswith(".localhost"):
+            return True
+        try:
+            return ipaddress.ip_address(name).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def display_name(self) -> str:
+        """The registry part docker shows in image names."""
+        return "docker.io" if self.is_docker_hub else self.host
+
+    def __str__(self) -> str:
+        return self.host
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageReference:
+    registry: Registry
+    repository: str
+    tag: str | None = None
+    digest: Digest | None = None
+
+    @classmethod
+    def parse(cls, registry: str, image: str, tag: str) -> "ImageReference":
+        reg = Registry.parse(registry)
+        repository = parse_repository(image, reg)
+        if ":" in tag:
+            return cls(reg, repository, digest=Digest.parse(tag))
+        if not _TAG_RE.match(tag):
+            raise InvalidReference(
+                f"invalid tag {tag!r}: tags are up to 128 letters, digits, "
+                "'_', '.' or '-', not starting with '.' or '-'")
+        return cls(reg, repository, tag=tag)
+
+    @property
+    def reference(self) -> str:
+        """The tag or digest, as used in a manifest URL."""
+        return str(self.digest) if self.digest else str(self.tag)
+
+    @property
+    def short_name(self) -> str:
+        """The repository as docker names it (no 'library/' on the Hub)."""
+        if self.registry.is_docker_hub:
+            prefix = "library/"
+            if self.repository.startswith(prefix):
+                return self.repository[len(prefix):]
+            return self.repository
+        return f"{self.registry.host}/{self.repository}"
+
+    @property
+    def repo_tag(self) -> str | None:
+        """The name `docker pull` would give this image, or None for digests.
+
+        Like docker save and crane, an image pulled by digest carries no tag.
+        """
+        if self.tag is None:
+            return None
+        return f"{self.short_name}:{self.tag}"
+
+    def __str__(self) -> str:
+        separator = "@" if self.digest else ":"
+        return (f"{self.registry.display_name}/{self.repository}"
+                f"{separator}{self.reference}")
+
+
+def parse_repository(image: str, registry: Registry) -> str:
+    if "@" in image or (":" in image and "/" not in image.split(":")[-1]):
+        raise InvalidReference(
+            f"invalid image {image!r}: give the tag or digest as its own "
+            "argument, e.g. 'library/busybox latest'")
+    if not _REPOSITORY_RE.match(image) or len(image) > 255:
+        raise InvalidReference(
+            f"invalid image name {image!r}: use lowercase letters, digits "
+            "and separators ('.', '_', '-', '/'), e.g. library/busybox")
+    if registry.is_docker_hub and "/" not in image:
+        return f"library/{image}"
+    return image

@@ -1,0 +1,499 @@
+"""All HTTP to a registry: transport policy, auth, manifests and blobs."""
+
+import dataclasses
+import email.utils
+import json
+import logging
+import random
+import time
+import urllib.parse
+from typing import Iterator
+
+import requests
+
+from occystrap.auth import Authenticator, Credentials
+from occystrap.digest import Digest, verify
+from occystrap.errors import (
+    AccessDenied, AuthenticationFailed, NotFound, RateLimited, RegistryError,
+    RegistryUnreachable, VerificationError)
+from occystrap.manifest import ACCEPT, Descriptor
+from occystrap.reference import Registry
+
+LOG = logging.getLogger(__name__)
+
+CHUNK_SIZE = 1 << 20
+# The distribution spec suggests registries accept manifests up to 4 MiB.
+MAX_MANIFEST_SIZE = 4 << 20
+MAX_CONFIG_SIZE = 16 << 20
+_RETRY_STATUSES = {408, 429, 500, 502, 503, 504}
+_MAX_REDIRECTS = 5
+# Errors worth retrying: the link or the server had a moment.
+_TRANSIENT = (requests.ConnectionError, requests.Timeout,
+              requests.exceptions.ChunkedEncodingError)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransportOptions:
+    verify: bool | str = True
+    connect_timeout: float = 15.0
+    read_timeout: float = 30.0
+    retries: int = 4
+    backoff: float = 1.0
+    max_backoff: float = 20.0
+    max_retry_after: float = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchedManifest:
+    data: bytes
+    content_type: str
+    digest: Digest
+
+
+class RegistryClient:
+    """Speaks the OCI distribution API to one registry."""
+
+    def __init__(self, registry: Registry,
+                 options: TransportOptions = TransportOptions(),
+                 credentials: Credentials | None = None) -> None:
+        self.registry = registry
+        self.options = options
+        self.session = requests.Session()
+        self.session.verify = options.verify
+        self.session.headers["User-Agent"] = "occystrap"
+        self.auth = Authenticator(registry.host, credentials, self._send)
+        self._base_url: str | None = None
+
+    def close(self) -> None:
+        self.session.close()
+
+    # -- transport ---------------------------------------------------------
+
+    def _send(self, method: str, url: str, *, headers: dict | None = None,
+              params: dict | None = None,
+              stream: bool = False) -> requests.Response:
+        """One logical request: retries transient failures, follows redirects.
+
+        Redirects are followed here, not by requests, so that credentials
+        never travel to another host and https is never downgraded.
+        """
+        headers = dict(headers or {})
+        attempt = 0
+        while True:
+            try:
+                response = self._follow(method, url, headers, params, stream)
+            except requests.exceptions.SSLError as e:
+                raise RegistryUnreachable(
+                    f"TLS verification failed for {self.registry.host}: "
+                    f"{_reason(e)}; use --ca-cert FILE for a private CA or "
+                    "--insecure to skip verification") from e
+            except _TRANSIENT as e:
+                if _is_dns_failure(e):
+                    raise RegistryUnreachable(
+                        f"cannot resolve registry host "
+                        f"{urllib.parse.urlsplit(url).hostname}; check the "
+                        "registry name and your DNS or proxy settings") from e
+                attempt += 1
+                if attempt > self.options.retries:
+                    raise RegistryUnreachable(
+                        f"cannot reach {_redact(url)} after {attempt} "
+                        f"attempts: {_reason(e)}") from e
+                self._pause(attempt, None, f"{_reason(e)}")
+                continue
+            if response.status_code not in _RETRY_STATUSES:
+                return response
+            attempt += 1
+            retry_after = _retry_after(response.headers.get("Retry-After"))
+            if (retry_after is not None
+                    and retry_after > self.options.max_retry_after):
+                response.close()
+                raise RateLimited(
+                    f"{self.registry.host} asks to wait "
+                    f"{_duration(retry_after)} before retrying "
+                    f"(HTTP {response.status_code}); try again later, or "
+                    "authenticate (--username/--password) for a higher "
+                    "pull limit", response.status_code, _redact(url))
+            if attempt > self.options.retries:
+                response.close()
+                hint = ("the registry is rate limiting; authenticate for a "
+                        "higher limit or try later"
+                        if response.status_code == 429
+                        else "the registry is failing; try again later")
+                raise RegistryError(
+                    f"{self.registry.host} answered HTTP "
+                    f"{response.status_code} to {attempt} attempts for "
+                    f"{_redact(url)}; {hint}", response.status_code,
+                    _redact(url))
+            response.close()
+            self._pause(attempt, retry_after, f"HTTP {response.status_code}")
+
+    def _follow(self, method: str, url: str, headers: dict,
+                params: dict | None, stream: bool) -> requests.Response:
+        timeout = (self.options.connect_timeout, self.options.read_timeout)
+        origin = urllib.parse.urlsplit(url)
+        for _ in range(_MAX_REDIRECTS + 1):
+            response = self.session.request(
+                method, url, headers=headers, params=params, stream=stream,
+                timeout=timeout, allow_redirects=False)
+            if response.status_code not in (301, 302, 303, 307, 308):
+                return response
+            location = response.headers.get("Location")
+            response.close()
+            if not location:
+                raise RegistryError(
+                    f"{self.registry.host} sent a redirect without a "
+                    "Location", response.status_code, _redact(url))
+            target = urllib.parse.urljoin(url, location)
+            split = urllib.parse.urlsplit(target)
+            if urllib.parse.urlsplit(url).scheme == "https" \
+                    and split.scheme != "https":
+                raise RegistryError(
+                    f"{self.registry.host} redirected from https to "
+                    f"{split.scheme}; refusing to downgrade",
+                    response.status_code, _redact(target))
+            if split.netloc != origin.netloc:
+                # Signed blob URLs carry their own authority; our
+                # credentials belong to the registry alone.
+                headers = {k: v for k, v in headers.items()
+                           if k.lower() != "authorization"}
+            LOG.debug("redirected to %s", _redact(target))
+            url, params = target, None
+        raise RegistryError(f"too many redirects for {_redact(url)}",
+                            None, _redact(url))
+
+    def _pause(self, attempt: int, retry_after: float | None,
+               why: str) -> None:
+        if retry_after is not None:
+            delay = retry_after
+        else:
+            delay = min(self.options.max_backoff,
+                        self.options.backoff * 2 ** (attempt - 1))
+            delay *= random.uniform(0.5, 1.0)
+        LOG.info("retrying after %s (attempt %d of %d) in %.1fs", why,
+                 attempt + 1, self.options.retries + 1, delay)
+        time.sleep(delay)
+
+    def base_url(self) -> str:
+        """Find the API root, pinging /v2/ once to learn the auth scheme."""
+        if self._base_url:
+            return self._base_url
+        registry = self.registry
+        if registry.scheme:
+            schemes = [registry.scheme]
+        elif registry.is_local:
+            schemes = ["https", "http"]
+        else:
+            schemes = ["https"]
+        for scheme in schemes:
+            url = f"{scheme}://{registry.host}/v2/"
+            try:
+                response = self._send("GET", url)
+            except RegistryUnreachable:
+                if scheme == schemes[-1]:
+                    raise
+                LOG.debug("%s unusable for %s; trying plain http", scheme,
+                          registry.host)
+                continue
+            response.close()
+            if response.status_code == 401:
+                self.auth.remember(response.headers.get("WWW-Authenticate"))
+            elif response.status_code == 404:
+                raise RegistryError(
+                    f"{registry.host} does not offer the registry API "
+                    f"(GET {url} answered 404); check the registry name",
+                    404, url)
+            elif response.status_code >= 400:
+                raise RegistryError(
+                    f"{registry.host} answered HTTP {response.status_code} "
+                    "to the API check", response.status_code, url)
+            self._base_url = f"{scheme}://{registry.host}/v2"
+            return self._base_url
+        raise AssertionError("unreachable")
+
+    def _request(self, method: str, path: str, repository: str,
+                 headers: dict | None = None,
+                 stream: bool = False) -> requests.Response:
+        """A request to the API with authentication answered as needed."""
+        url = f"{self.base_url()}/{path}"
+        scope = f"repository:{repository}:pull"
+        headers = dict(headers or {})
+        for answered in (False, True):
+            authorization = self.auth.header(scope)
+            if authorization:
+                headers["Authorization"] = authorization
+            response = self._send(method, url, headers=headers, stream=stream)
+            if response.status_code != 401 or answered:
+                break
+            response.close()
+            self.auth.answer(response.headers.get("WWW-Authenticate", ""),
+                             scope, url)
+        if response.status_code == 401:
+            response.close()
+            user = self.auth.username
+            if user:
+                raise AuthenticationFailed(
+                    f"authentication failed for {self.registry.host} as "
+                    f"{user}: check the username and password", 401, url)
+            raise AuthenticationFailed(
+                f"{self.registry.host} refused anonymous access to "
+                f"{repository}: the repository does not exist or needs "
+                "credentials (--username/--password)", 401, url)
+        if response.status_code == 403:
+            response.close()
+            raise AccessDenied(
+                f"access denied to {repository} on {self.registry.host}"
+                + (f" for {self.auth.username}" if self.auth.username else "")
+                + "; check the repository name and your permissions",
+                403, url)
+        return response
+
+    # -- API -----------------------------------------------------------------
+
+    def get_manifest(self, repository: str, reference: str,
+                     expected: Digest | None = None) -> FetchedManifest:
+        response = self._request(
+            "GET", f"{repository}/manifests/{reference}", repository,
+            headers={"Accept": ACCEPT}, stream=True)
+        with response:
+            if response.status_code == 404:
+                raise self._manifest_not_found(repository, reference,
+                                               response)
+            _expect_ok(response, f"manifest {reference} of {repository}")
+            data = _read_capped(response, MAX_MANIFEST_SIZE,
+                                f"manifest {reference} of {repository}")
+            content_type = response.headers.get("Content-Type", "")
+            claimed = response.headers.get("Docker-Content-Digest")
+        algorithm = expected.algorithm if expected else "sha256"
+        digest = Digest.of(data, algorithm)
+        if expected is not None:
+            verify(f"manifest {repository}@{expected}", expected, digest)
+        elif claimed and claimed.startswith(f"{algorithm}:") \
+                and claimed != str(digest):
+            raise VerificationError(
+                f"manifest {repository}:{reference} does not match the "
+                f"digest the registry claims ({claimed}, content hashes to "
+                f"{digest}); refusing it")
+        return FetchedManifest(data, content_type, digest)
+
+    def _manifest_not_found(self, repository: str, reference: str,
+                            response: requests.Response) -> NotFound:
+        url = response.url
+        codes = _error_codes(response)
+        if "NAME_UNKNOWN" in codes:
+            return NotFound(
+                f"repository {repository} not found on "
+                f"{self.registry.host}; check the image name", 404, url)
+        if ":" in reference:
+            return NotFound(
+                f"manifest {reference} not found in {repository} on "
+                f"{self.registry.host}", 404, url)
+        try:
+            tags = self.list_tags(repository)
+        except RegistryError:
+            tags = None
+        if tags is None:
+            hint = "check the image name and tag"
+        elif not tags:
+            hint = "the repository has no tags"
+        else:
+            shown = ", ".join(tags[:10]) + (", …" if len(tags) > 10 else "")
+            hint = f"available tags: {shown}"
+        return NotFound(f"tag {reference!r} not found in {repository}; "
+                        f"{hint}", 404, url)
+
+    def list_tags(self, repository: str, limit: int = 100) -> list[str]:
+        response = self._request(
+            "GET", f"{repository}/tags/list?n={limit}", repository,
+            stream=True)
+        with response:
+            if response.status_code == 404:
+                raise NotFound(f"repository {repository} not found", 404,
+                               response.url)
+            _expect_ok(response, f"tag list of {repository}")
+            try:
+                tags = json.loads(_read_capped(response, MAX_MANIFEST_SIZE,
+                                               "tag list")).get("tags")
+            except (ValueError, AttributeError):
+                return []
+        return sorted(t for t in tags or [] if isinstance(t, str))
+
+    def fetch_blob(self, repository: str, descriptor: Descriptor,
+                   cap: int = MAX_CONFIG_SIZE) -> bytes:
+        """A small blob (a config), whole and verified."""
+        if descriptor.size > cap:
+            raise VerificationError(
+                f"blob {descriptor.digest} claims {descriptor.size} bytes, "
+                f"more than the {cap} allowed for it; refusing it")
+        return b"".join(self.blob_chunks(repository, descriptor))
+
+    def blob_chunks(self, repository: str,
+                    descriptor: Descriptor) -> Iterator[bytes]:
+        """Stream a blob, resuming after breaks, verifying size and digest.
+
+        The final digest check happens before the iterator finishes, so a
+        consumer that commits only after exhausting it never commits bad data.
+        """
+        hasher = descriptor.digest.hasher()
+        failures = 0
+        path = f"{repository}/blobs/{descriptor.digest}"
+        what = f"blob {descriptor.digest.short()} of {repository}"
+        while True:
+            offset = hasher.size
+            headers = {"Accept-Encoding": "identity"}
+            if offset:
+                headers["Range"] = f"bytes={offset}-"
+            response = self._request("GET", path, repository,
+                                     headers=headers, stream=True)
+            try:
+                if response.status_code == 404:
+                    raise NotFound(
+                        f"{what} not found on {self.registry.host}; the "
+                        "image is incomplete on the registry", 404,
+                        response.url)
+                skip = self._resume_point(response, offset, descriptor, what)
+                for chunk in response.iter_content(CHUNK_SIZE):
+                    if skip:
+                        dropped = min(skip, len(chunk))
+                        chunk, skip = chunk[dropped:], skip - dropped
+                        if not chunk:
+                            continue
+                    if hasher.size + len(chunk) > descriptor.size:
+                        raise VerificationError(
+                            f"{what} is longer than the {descriptor.size} "
+                            "bytes its descriptor promises; refusing it")
+                    hasher.update(chunk)
+                    yield chunk
+            except _TRANSIENT as e:
+                failures += 1
+                if failures > self.options.retries:
+                    raise RegistryUnreachable(
+                        f"download of {what} kept failing after "
+                        f"{failures} attempts ({_reason(e)}); try again, "
+                        "perhaps with a longer --timeout") from e
+                LOG.info("%s interrupted at byte %d: %s; resuming", what,
+                         hasher.size, _reason(e))
+                self._pause(failures, None, "interrupted download")
+                continue
+            finally:
+                response.close()
+            if hasher.size < descriptor.size:
+                failures += 1
+                if failures > self.options.retries:
+                    raise VerificationError(
+                        f"{what} ended after {hasher.size} of "
+                        f"{descriptor.size} bytes, {failures} times")
+                LOG.info("%s ended early at byte %d; resuming", what,
+                         hasher.size)
+                self._pause(failures, None, "truncated download")
+                continue
+            verify(what, descriptor.digest, hasher.digest())
+            return
+
+    def _resume_point(self, response: requests.Response, offset: int,
+                      descriptor: Descriptor, what: str) -> int:
+        """How many leading bytes of this response we already have."""
+        status = response.status_code
+        if status == 200:
+            if offset:
+                LOG.info("%s: server ignored the range request; "
+                         "restarting from the beginning", what)
+            return offset
+        if status == 206 and offset:
+            expected = f"bytes {offset}-{descriptor.size - 1}/"
+            content_range = response.headers.get("Content-Range", "")
+            if not content_range.startswith(expected):
+                raise RegistryError(
+                    f"{what}: resumed download has Content-Range "
+                    f"{content_range!r}, expected {expected}…; refusing it",
+                    206, _redact(response.url))
+            return 0
+        _expect_ok(response, what)
+        raise RegistryError(
+            f"{what}: unexpected HTTP {status}", status,
+            _redact(response.url))
+
+
+def _expect_ok(response: requests.Response, what: str) -> None:
+    if response.status_code == 200:
+        return
+    if response.status_code == 404:
+        raise NotFound(f"{what} not found", 404, _redact(response.url))
+    codes = _error_codes(response)
+    raise RegistryError(
+        f"fetching {what} failed: HTTP {response.status_code}"
+        + (f" ({', '.join(codes)})" if codes else ""),
+        response.status_code, _redact(response.url))
+
+
+def _read_capped(response: requests.Response, cap: int, what: str) -> bytes:
+    length = response.headers.get("Content-Length")
+    if length and length.isdigit() and int(length) > cap:
+        raise RegistryError(
+            f"{what} is {int(length)} bytes, over the {cap} byte limit; "
+            "refusing it", response.status_code, _redact(response.url))
+    parts, total = [], 0
+    for chunk in response.iter_content(CHUNK_SIZE):
+        total += len(chunk)
+        if total > cap:
+            raise RegistryError(
+                f"{what} is over the {cap} byte limit; refusing it",
+                response.status_code, _redact(response.url))
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _error_codes(response: requests.Response) -> list[str]:
+    """The `errors[].code` values of a registry error body, if any."""
+    try:
+        body = json.loads(response.raw.read(65536, decode_content=True))
+        return [str(e.get("code", "")) for e in body.get("errors", [])
+                if isinstance(e, dict)]
+    except (ValueError, AttributeError, OSError,
+            requests.RequestException):
+        return []
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f}h"
+    if seconds >= 60:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds:.0f}s"
+
+
+def _redact(url: str) -> str:
+    """Drop query strings: signed blob URLs carry credentials there."""
+    split = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(split._replace(query="", fragment=""))
+
+
+def _reason(error: Exception) -> str:
+    """A short human reason for a requests/urllib3 exception."""
+    text = str(error)
+    for marker in ("Connection refused", "timed out", "Connection reset",
+                   "certificate verify failed", "Remote end closed",
+                   "IncompleteRead"):
+        if marker.lower() in text.lower():
+            return marker.lower()
+    return text.rsplit(": ", 1)[-1][:200] or type(error).__name__
+
+
+def _is_dns_failure(error: Exception) -> bool:
+    text = str(error)
+    return any(marker in text for marker in (
+        "NameResolutionError", "Name or service not known",
+        "nodename nor servname", "Temporary failure in name resolution",
+        "No address associated with hostname"))

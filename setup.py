@@ -1,0 +1,24 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="occystrap",
+    version="0.1.0",
+    description="Fetch container images from registries without Docker or "
+                "root, for airgapped networks",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=find_packages(exclude=["tests*"]),
+    python_requires=">=3.10",
+    install_requires=["click>=8.0", "requests>=2.25"],
+    extras_require={
+        "zstd": ["zstandard>=0.18"],
+        "test": ["pytest>=7", "zstandard>=0.18"],
+    },
+    entry_points={"console_scripts": ["occystrap=occystrap.cli:main"]},
+    classifiers=[
+        "License :: OSI Approved :: Apache Software License",
+        "Programming Language :: Python :: 3",
+        "Environment :: Console",
+    ],
+)
