@@ -90,11 +90,17 @@ def _platform(ctx, param, value):
 @click.option("--timeout", type=click.FloatRange(min=1), default=30.0,
               show_default=True,
               help="Seconds to wait for a stalled connection.")
+@click.option("--retries", type=click.IntRange(min=0), default=4,
+              show_default=True,
+              help="Retries of a failed request or interrupted download.")
+@click.option("--retry-delay", type=click.FloatRange(min=0), default=1.0,
+              show_default=True,
+              help="Seconds before the first retry; doubles each time.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Show each step, and a traceback on errors.")
 @click.pass_context
 def cli(ctx, platform, os_, architecture, variant, username, password,
-        insecure, ca_cert, timeout, verbose):
+        insecure, ca_cert, timeout, retries, retry_delay, verbose):
     """Fetch container images from registries, without Docker or root.
 
     \b
@@ -103,9 +109,7 @@ def cli(ctx, platform, os_, architecture, variant, username, password,
           latest busybox.tar
       docker load -i busybox.tar
     """
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="occystrap: %(levelname)s: %(message)s", stream=sys.stderr)
+    _configure_logging(verbose)
     explicit = platform is not None or any((os_, architecture, variant))
     if platform is None:
         platform = Platform(os_ or "linux", architecture or "amd64", variant)
@@ -117,8 +121,19 @@ def cli(ctx, platform, os_, architecture, variant, username, password,
         platform_required=explicit,
         transport=TransportOptions(
             verify=False if insecure else (ca_cert or True),
-            read_timeout=timeout),
+            read_timeout=timeout, retries=retries, backoff=retry_delay),
         credentials=Credentials(username, password) if username else None)
+
+
+def _configure_logging(verbose: bool) -> None:
+    """One handler on our logger, writing to the current stderr."""
+    for handler in list(LOG.handlers):
+        LOG.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    LOG.addHandler(handler)
+    LOG.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    LOG.propagate = False
 
 
 def _client(settings: Settings, reference: ImageReference) -> RegistryClient:

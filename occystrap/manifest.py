@@ -20,6 +20,7 @@ ACCEPT = ", ".join(IMAGE_MANIFESTS + INDEXES)
 CONFIG_TYPES = ("application/vnd.docker.container.image.v1+json",
                 "application/vnd.oci.image.config.v1+json")
 LAYER_TYPES = (
+    "application/vnd.docker.image.rootfs.diff.tar",
     "application/vnd.docker.image.rootfs.diff.tar.gzip",
     "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
     "application/vnd.oci.image.layer.v1.tar",

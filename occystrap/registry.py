@@ -83,10 +83,15 @@ class RegistryClient:
             try:
                 response = self._follow(method, url, headers, params, stream)
             except requests.exceptions.SSLError as e:
+                if "CERTIFICATE_VERIFY_FAILED" in str(e):
+                    raise RegistryUnreachable(
+                        f"TLS verification failed for {self.registry.host}: "
+                        f"{_reason(e)}; use --ca-cert FILE for a private CA "
+                        "or --insecure to skip verification") from e
                 raise RegistryUnreachable(
-                    f"TLS verification failed for {self.registry.host}: "
-                    f"{_reason(e)}; use --ca-cert FILE for a private CA or "
-                    "--insecure to skip verification") from e
+                    f"TLS handshake with {self.registry.host} failed "
+                    f"({_reason(e)}); if it speaks plain HTTP, give the "
+                    f"registry as http://{self.registry.host}") from e
             except _TRANSIENT as e:
                 if _is_dns_failure(e):
                     raise RegistryUnreachable(
@@ -289,6 +294,10 @@ class RegistryClient:
                 f"{self.registry.host}", 404, url)
         try:
             tags = self.list_tags(repository)
+        except NotFound:
+            return NotFound(
+                f"repository {repository} not found on "
+                f"{self.registry.host}; check the image name", 404, url)
         except RegistryError:
             tags = None
         if tags is None:

@@ -63,8 +63,10 @@ class TarballWriter:
 
     def commit(self, image: Image) -> None:
         with self._errors():
+            described = set()
             for index, layer in enumerate(image.layers):
-                if index == image.layers.index(layer):
+                if layer.diff_id not in described:
+                    described.add(layer.diff_id)
                     self._member(f"{layer.diff_id.hex}/json",
                                  dockersave.legacy_layer_json(image, index))
             self._member(dockersave.config_name(image.config_digest),

@@ -1,0 +1,218 @@
+"""fetch-to-tarfile against the real registry, judged by podman and skopeo."""
+
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import imagebuild as ib
+from conftest import skopeo_inspect_archive
+from occystrap.cli import cli
+
+FAST = ["--retry-delay", "0", "--retries", "1"]
+
+
+def occystrap(*args: str):
+    return CliRunner().invoke(cli, [*FAST, *args])
+
+
+def _two_layer_image(oci=False, compression="gzip", **kwargs):
+    base = ib.make_layer([ib.directory("etc"), ib.file("etc/os-release",
+                                                       b"ID=test\n")],
+                         compression, oci=oci)
+    app = ib.make_layer([ib.file("app/data", ib.random_bytes(300_000, 1),
+                                 mode=0o755)], compression, oci=oci)
+    return ib.make_image([base, app], oci=oci, **kwargs)
+
+
+def _fetch(registry, repo, tag, out: Path, *options: str):
+    result = occystrap(*options, "fetch-to-tarfile", registry.host, repo, tag,
+                       str(out))
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _assert_loads(podman, path: Path, image: ib.Image, name: str | None):
+    names = podman.load(path)
+    if name:
+        assert names == [name]
+    loaded = podman.inspect(names[0])
+    assert loaded["Id"] == image.config_digest.split(":")[1]
+    assert loaded["RootFS"]["Layers"] == image.diff_ids
+    assert loaded["Architecture"] == image.platform.architecture
+
+
+def _manifest_json(path: Path) -> list:
+    with tarfile.open(path) as archive:
+        return json.load(archive.extractfile("manifest.json"))
+
+
+@pytest.mark.parametrize("oci, compression", [
+    (False, "gzip"), (False, "none"), (True, "gzip"), (True, "none"),
+    (True, "zstd"),
+])
+def test_loads_in_podman(registry, repo, podman, tmp_path, oci, compression):
+    image = _two_layer_image(oci=oci, compression=compression)
+    registry.push_image(repo, image, "v1")
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out" / "image.tar"
+
+    result = _fetch(registry, repo, "v1", out)
+
+    name = f"{registry.host}/{repo}:v1"
+    assert name in result.stderr
+    _assert_loads(podman, out, image, name)
+    inspected = skopeo_inspect_archive(out)
+    assert inspected["Layers"] == image.diff_ids
+    assert _manifest_json(out) == [{
+        "Config": image.config_digest.split(":")[1] + ".json",
+        "RepoTags": [name],
+        "Layers": [d.split(":")[1] + "/layer.tar" for d in image.diff_ids],
+    }]
+    assert [p.name for p in out.parent.iterdir()] == ["image.tar"]
+
+
+def test_single_layer_and_repeated_layer(registry, repo, podman, tmp_path):
+    empty = ib.make_layer([])
+    content = ib.make_layer([ib.file("hello", b"world")])
+    image = ib.make_image([empty, content, empty])
+    registry.push_image(repo, image, "dup")
+    out = tmp_path / "dup.tar"
+    _fetch(registry, repo, "dup", out)
+    _assert_loads(podman, out, image, f"{registry.host}/{repo}:dup")
+    with tarfile.open(out) as archive:
+        names = archive.getnames()
+    assert len(names) == len(set(names)), "a member was written twice"
+
+
+@pytest.mark.parametrize("oci, attestations", [(False, False), (True, True)])
+def test_every_platform_of_an_index(registry, repo, podman, tmp_path, oci,
+                                    attestations):
+    images = {
+        "linux/amd64": _two_layer_image(oci=oci),
+        "linux/arm64/v8": _two_layer_image(
+            oci=oci, architecture="arm64", variant="v8"),
+        "linux/arm/v7": _two_layer_image(
+            oci=oci, architecture="arm", variant="v7",
+            config_extra={"author": "arm"}),
+    }
+    index = ib.make_index(list(images.values()), oci=oci,
+                          attestations=attestations)
+    registry.push_index(repo, index, "multi")
+    for platform, image in images.items():
+        out = tmp_path / (platform.replace("/", "-") + ".tar")
+        _fetch(registry, repo, "multi", out, "--platform", platform)
+        _assert_loads(podman, out, image, None)
+    # The default is linux/amd64, as on a typical transfer host.
+    out = tmp_path / "default.tar"
+    _fetch(registry, repo, "multi", out)
+    assert skopeo_inspect_archive(out)["Architecture"] == "amd64"
+    # --os/--architecture/--variant say the same as --platform.
+    out = tmp_path / "split.tar"
+    _fetch(registry, repo, "multi", out, "--architecture", "arm",
+           "--variant", "v7")
+    assert skopeo_inspect_archive(out)["Layers"] == \
+        images["linux/arm/v7"].diff_ids
+
+
+def test_pull_by_digest(registry, repo, podman, tmp_path):
+    image = _two_layer_image()
+    arm = _two_layer_image(architecture="arm64")
+    index = ib.make_index([image, arm], oci=True)
+    registry.push_index(repo, index)
+
+    out = tmp_path / "by-manifest.tar"
+    _fetch(registry, repo, image.manifest_digest, out)
+    # Like docker save and crane, no tag is invented for a digest pull.
+    assert _manifest_json(out)[0]["RepoTags"] == []
+    _assert_loads(podman, out, image, None)
+
+    out = tmp_path / "by-index.tar"
+    _fetch(registry, repo, index.manifest_digest, out, "--platform",
+           "linux/arm64")
+    assert skopeo_inspect_archive(out)["Layers"] == arm.diff_ids
+
+
+def test_overwrites_an_existing_tarball(registry, repo, podman, tmp_path):
+    image = _two_layer_image()
+    registry.push_image(repo, image, "v1")
+    out = tmp_path / "image.tar"
+    out.write_bytes(b"old contents")
+    _fetch(registry, repo, "v1", out)
+    _assert_loads(podman, out, image, f"{registry.host}/{repo}:v1")
+
+
+def _fails(tmp_path: Path, *args: str, complaint: str):
+    out = tmp_path / "out" / "image.tar"
+    out.parent.mkdir()
+    result = occystrap(*args[:-3], "fetch-to-tarfile", *args[-3:], str(out))
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert complaint in lines[0]
+    assert "Traceback" not in result.output
+    assert list(out.parent.iterdir()) == [], "partial output left behind"
+    return lines[0]
+
+
+def test_wrong_tag_lists_available_tags(registry, repo, tmp_path):
+    image = _two_layer_image()
+    registry.push_image(repo, image, "stable")
+    registry.push_image(repo, image, "latest")
+    message = _fails(tmp_path, registry.host, repo, "lastest",
+                     complaint="tag 'lastest' not found")
+    assert "available tags: latest, stable" in message
+
+
+def test_wrong_image(registry, tmp_path):
+    _fails(tmp_path, registry.host, "no/such-image", "latest",
+           complaint="repository no/such-image not found")
+
+
+def test_missing_platform(registry, repo, tmp_path):
+    index = ib.make_index([_two_layer_image()], oci=True, attestations=True)
+    registry.push_index(repo, index, "v1")
+    message = _fails(tmp_path, "--platform", "linux/s390x", registry.host,
+                     repo, "v1", complaint="no image for platform linux/s390x")
+    assert "available: linux/amd64;" in message
+
+
+def test_single_platform_image_of_another_platform(registry, repo, tmp_path):
+    registry.push_image(repo, _two_layer_image(), "v1")
+    _fails(tmp_path, "--platform", "linux/arm64", registry.host, repo, "v1",
+           complaint="single-platform image for linux/amd64")
+
+
+@pytest.mark.parametrize("registry_name, image, tag, complaint", [
+    ("127.0.0.1:1", "app", "v1", "cannot reach"),
+    ("nosuchhost.invalid", "app", "v1", "cannot resolve registry host"),
+    ("{registry}", "Bad/Name", "v1", "invalid image name"),
+    ("{registry}", "app", "bad tag", "invalid tag"),
+    ("{registry}", "app", "sha256:1234", "invalid digest"),
+])
+def test_bad_input(registry, tmp_path, registry_name, image, tag, complaint):
+    _fails(tmp_path, registry_name.format(registry=registry.host), image, tag,
+           complaint=complaint)
+
+
+def test_verbose_shows_traceback(registry, tmp_path):
+    result = occystrap("--verbose", "fetch-to-tarfile", registry.host,
+                       "no/such", "v1", str(tmp_path / "x.tar"))
+    assert result.exit_code == 1
+    assert "Traceback" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: ")
+
+
+def test_python_dash_m(registry, repo, tmp_path):
+    import subprocess
+    import sys
+    registry.push_image(repo, _two_layer_image(), "v1")
+    out = tmp_path / "m.tar"
+    done = subprocess.run(
+        [sys.executable, "-m", "occystrap", "fetch-to-tarfile", registry.host,
+         repo, "v1", str(out)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    assert tarfile.is_tarfile(out)

@@ -1,0 +1,81 @@
+"""Reference parsing: one table of input -> fields, one of rejected input."""
+
+import pytest
+
+from occystrap.digest import Digest
+from occystrap.errors import InvalidReference
+from occystrap.reference import ImageReference, Registry
+
+HEX = "a" * 64
+
+
+@pytest.mark.parametrize(
+    "registry, image, tag, host, scheme, repository, reference, repo_tag", [
+        ("registry-1.docker.io", "library/busybox", "latest",
+         "registry-1.docker.io", None, "library/busybox", "latest",
+         "busybox:latest"),
+        ("docker.io", "busybox", "1.36", "registry-1.docker.io", None,
+         "library/busybox", "1.36", "busybox:1.36"),
+        ("index.docker.io", "homeassistant/home-assistant", "stable",
+         "registry-1.docker.io", None, "homeassistant/home-assistant",
+         "stable", "homeassistant/home-assistant:stable"),
+        ("quay.io", "ukhomeofficedigital/centos-base", "latest", "quay.io",
+         None, "ukhomeofficedigital/centos-base", "latest",
+         "quay.io/ukhomeofficedigital/centos-base:latest"),
+        ("localhost:5000", "app", "v1", "localhost:5000", None, "app", "v1",
+         "localhost:5000/app:v1"),
+        ("http://127.0.0.1:5000/", "team/app", "v1", "127.0.0.1:5000",
+         "http", "team/app", "v1", "127.0.0.1:5000/team/app:v1"),
+        ("HTTPS://Registry.Example.com", "a/b/c", "V_1.0-x",
+         "registry.example.com", "https", "a/b/c", "V_1.0-x",
+         "registry.example.com/a/b/c:V_1.0-x"),
+        ("registry-1.docker.io", "library/busybox", f"sha256:{HEX}",
+         "registry-1.docker.io", None, "library/busybox", f"sha256:{HEX}",
+         None),
+        ("[::1]:5000", "app", "v1", "[::1]:5000", None, "app", "v1",
+         "[::1]:5000/app:v1"),
+    ])
+def test_parse(registry, image, tag, host, scheme, repository, reference,
+               repo_tag):
+    ref = ImageReference.parse(registry, image, tag)
+    assert ref.registry.host == host
+    assert ref.registry.scheme == scheme
+    assert ref.repository == repository
+    assert ref.reference == reference
+    assert ref.repo_tag == repo_tag
+
+
+@pytest.mark.parametrize("registry, image, tag, complaint", [
+    ("registry-1.docker.io", "Library/Busybox", "latest", "invalid image"),
+    ("registry-1.docker.io", "busybox:latest", "latest", "own argument"),
+    ("registry-1.docker.io", "busy box", "latest", "invalid image"),
+    ("registry-1.docker.io", "a//b", "latest", "invalid image"),
+    ("registry-1.docker.io", "busybox", "-bad", "invalid tag"),
+    ("registry-1.docker.io", "busybox", "x" * 129, "invalid tag"),
+    ("registry-1.docker.io", "busybox", "sha256:abc", "64 hex digits"),
+    ("registry-1.docker.io", "busybox", "md5:" + "a" * 32, "unsupported"),
+    ("registry-1.docker.io", "busybox", "sha256:" + "G" * 64,
+     "invalid digest"),
+    ("not a host", "busybox", "latest", "invalid registry"),
+    ("ftp://x", "busybox", "latest", "invalid registry"),
+    ("", "busybox", "latest", "invalid registry"),
+])
+def test_rejects(registry, image, tag, complaint):
+    with pytest.raises(InvalidReference, match=complaint):
+        ImageReference.parse(registry, image, tag)
+
+
+@pytest.mark.parametrize("host, local", [
+    ("localhost:5000", True), ("127.0.0.1", True), ("127.1.2.3:80", True),
+    ("[::1]:5000", True), ("foo.localhost", True), ("quay.io", False),
+    ("10.0.0.1:5000", False), ("localhost.example.com", False),
+])
+def test_loopback_registries_may_use_plain_http(host, local):
+    assert Registry.parse(host).is_local is local
+
+
+def test_digest_round_trip():
+    digest = Digest.parse(f"sha256:{HEX}")
+    assert str(digest) == f"sha256:{HEX}"
+    assert Digest.of(b"") == Digest.parse(
+        "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
