@@ -11,8 +11,11 @@ import click
 from occystrap import __version__, pipeline
 from occystrap.auth import Credentials
 from occystrap.errors import OccystrapError
+from occystrap.image import ImageWriter
+from occystrap.inputs.directory import DirectoryInput
 from occystrap.inputs.registry import RegistryInput
 from occystrap.manifest import Platform
+from occystrap.outputs.directory import DirectoryWriter
 from occystrap.outputs.tarball import TarballWriter
 from occystrap.reference import ImageReference
 from occystrap.registry import RegistryClient, TransportOptions
@@ -144,9 +147,11 @@ def _client(settings: Settings, reference: ImageReference) -> RegistryClient:
 def _report_done(summary: pipeline.Summary, destination: Path) -> None:
     image = summary.image
     name = image.repo_tag or f"{image.repository}@{image.tag}"
+    skipped = (f", {summary.layers_skipped} already present"
+               if summary.layers_skipped else "")
     click.echo(
-        f"Saved {name} ({image.platform}, {len(image.layers)} layers, "
-        f"{_size(summary.bytes_transferred)} transferred in "
+        f"Saved {name} ({image.platform}, {len(image.layers)} layers"
+        f"{skipped}, {_size(summary.bytes_transferred)} read in "
         f"{summary.seconds:.1f}s) to {destination}", err=True)
 
 
@@ -176,14 +181,72 @@ def fetch_to_tarfile(settings: Settings, registry, image, tag, tarfile):
           latest busybox.tar
     """
     reference = ImageReference.parse(registry, image, tag)
+    _fetch(settings, reference, TarballWriter(tarfile), tarfile)
+
+
+@cli.command("fetch-to-extracted")
+@click.option("--use-unique-names", is_flag=True,
+              help="Share DIR between many images: unique manifest names, "
+                   "layers stored once, and a catalog.json.")
+@click.argument("registry")
+@click.argument("image")
+@click.argument("tag")
+@click.argument("directory", metavar="DIR",
+                type=click.Path(file_okay=False, path_type=Path))
+@pass_settings
+def fetch_to_extracted(settings: Settings, use_unique_names, registry, image,
+                       tag, directory):
+    """Download an image's elements into a directory.
+
+    DIR then holds what the tarball would (manifest.json, the config, one
+    directory per layer); `cd DIR; tar -cf ../image.tar *` makes a tarball
+    `docker load` accepts. With --use-unique-names, many images share DIR
+    and layers already there are not downloaded again.
+
+    \b
+    Examples:
+      occystrap fetch-to-extracted registry-1.docker.io library/centos 7 \\
+          centos7
+      occystrap fetch-to-extracted --use-unique-names registry-1.docker.io \\
+          homeassistant/home-assistant stable merged_images
+    """
+    reference = ImageReference.parse(registry, image, tag)
+    _fetch(settings, reference, DirectoryWriter(directory, use_unique_names),
+           directory)
+
+
+@cli.command("recreate-image")
+@click.argument("directory", metavar="DIR",
+                type=click.Path(file_okay=False, path_type=Path))
+@click.argument("image")
+@click.argument("tag")
+@click.argument("tarfile", type=click.Path(dir_okay=False, path_type=Path))
+@pass_settings
+def recreate_image(settings: Settings, directory, image, tag, tarfile):
+    """Rebuild one image's loadable tarball from a directory, offline.
+
+    Every layer is checked against the image config as it is copied.
+
+    \b
+    Example:
+      occystrap recreate-image merged_images homeassistant/home-assistant \\
+          latest ha-latest.tar
+    """
+    source = DirectoryInput(directory, image, tag)
+    summary = pipeline.run(source, TarballWriter(tarfile))
+    _report_done(summary, tarfile)
+
+
+def _fetch(settings: Settings, reference: ImageReference,
+           writer: ImageWriter, destination: Path) -> None:
     client = _client(settings, reference)
     try:
         source = RegistryInput(client, reference, settings.platform,
                                settings.platform_required)
-        summary = pipeline.run(source, TarballWriter(tarfile))
+        summary = pipeline.run(source, writer)
     finally:
         client.close()
-    _report_done(summary, tarfile)
+    _report_done(summary, destination)
 
 
 def main() -> None:

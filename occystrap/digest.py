@@ -70,5 +70,4 @@ def verify(what: str, expected: Digest, actual: Digest) -> None:
     if expected != actual:
         raise VerificationError(
             f"digest mismatch for {what}: expected {expected}, got {actual}; "
-            "the data was corrupted in transit or by the registry, "
-            "nothing was written")
+            "the data is corrupt and was not saved")

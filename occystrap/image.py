@@ -40,8 +40,14 @@ class ImageSource(Protocol):
     def layer_chunks(self, layer: Layer) -> Iterator[bytes]:
         """The layer's bytes as stored (maybe compressed), digest-checked."""
 
+    def describe(self, layer: Layer) -> str:
+        """Names the layer and where it comes from, for error messages."""
+
 
 class ImageWriter(Protocol):
+    def begin(self, image: Image) -> None:
+        """Check the destination can take this image, before any download."""
+
     def has_layer(self, layer: Layer) -> bool:
         """True when the layer is already at the destination, verified."""
 

@@ -30,6 +30,7 @@ def run(source: ImageSource, writer: ImageWriter,
     try:
         image = source.resolve()
         report(progress.ImageResolved(image))
+        writer.begin(image)
         for layer in image.layers:
             if writer.has_layer(layer):
                 skipped += 1
@@ -37,7 +38,7 @@ def run(source: ImageSource, writer: ImageWriter,
                 continue
             report(progress.LayerStarted(layer))
             counter = _Counter(source.layer_chunks(layer), layer, report)
-            what = f"layer {layer.index + 1} ({layer.diff_id.short()})"
+            what = source.describe(layer)
             writer.write_layer(
                 layer, verified_tar(decompress(counter, what), layer.diff_id,
                                     what))

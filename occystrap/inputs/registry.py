@@ -68,3 +68,8 @@ class RegistryInput:
         assert layer.descriptor is not None
         return self._client.blob_chunks(self._reference.repository,
                                         layer.descriptor)
+
+    def describe(self, layer: Layer) -> str:
+        digest = layer.descriptor.digest if layer.descriptor else layer.diff_id
+        return (f"layer {layer.index + 1} ({digest.short()}) of "
+                f"{self._reference}")

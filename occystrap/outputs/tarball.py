@@ -8,6 +8,7 @@ from typing import Iterator
 
 from occystrap import dockersave
 from occystrap.errors import OutputError
+from occystrap.fsutil import current_umask, output_errors
 from occystrap.image import Image, Layer
 
 _BLOCK = tarfile.BLOCKSIZE
@@ -37,6 +38,9 @@ class TarballWriter:
         self._temp = Path(temp)
         self._file = os.fdopen(fd, "w+b")
         self._written: set[str] = set()
+
+    def begin(self, image: Image) -> None:
+        pass
 
     def has_layer(self, layer: Layer) -> bool:
         # An image may list the same layer twice (empty layers, mostly).
@@ -79,7 +83,7 @@ class TarballWriter:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
-            os.chmod(self._temp, 0o644 & ~_umask())
+            os.chmod(self._temp, 0o644 & ~current_umask())
             os.replace(self._temp, self.path)
 
     def abort(self) -> None:
@@ -98,24 +102,7 @@ class TarballWriter:
         self._file.write(_padding(len(data)))
 
     def _errors(self):
-        return _OutputErrors(self.path)
-
-
-class _OutputErrors:
-    """Turns OS errors while writing into one clear OutputError."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, error, traceback) -> bool:
-        if isinstance(error, OSError):
-            raise OutputError(
-                f"cannot write {self._path}: {error.strerror or error}") \
-                from error
-        return False
+        return output_errors(self.path)
 
 
 def _header(name: str, size: int) -> bytes:
@@ -127,9 +114,3 @@ def _header(name: str, size: int) -> bytes:
 
 def _padding(size: int) -> bytes:
     return b"\0" * (-size % _BLOCK)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -1,0 +1,70 @@
+"""An image source that reads an extracted (maybe shared) directory."""
+
+import re
+from pathlib import Path
+from typing import Iterator
+
+from occystrap import dockersave
+from occystrap.digest import Digest, verify
+from occystrap.errors import ManifestError, StoreError, VerificationError
+from occystrap.fsutil import file_chunks
+from occystrap.image import Image, Layer
+from occystrap.manifest import parse_config
+from occystrap.registry import MAX_CONFIG_SIZE
+from occystrap.store import Store, single_manifest
+
+_CONFIG_NAME = re.compile(r"^([a-f0-9]{64})\.json$")
+
+
+class DirectoryInput:
+    def __init__(self, root: Path, repository: str, tag: str) -> None:
+        self._store = Store(root)
+        self._repository = repository
+        self._tag = tag
+
+    def resolve(self) -> Image:
+        manifest = self._store.manifest_for(self._repository, self._tag)
+        entry = single_manifest(manifest)
+        match = _CONFIG_NAME.match(str(entry.get("Config")))
+        if not match:
+            raise StoreError(f"{manifest} names no valid config file")
+        digest = Digest("sha256", match.group(1))
+        config_path = self._store.config_file(digest)
+        try:
+            if config_path.stat().st_size > MAX_CONFIG_SIZE:
+                raise StoreError(f"{config_path} is too large to be a config")
+            config_bytes = config_path.read_bytes()
+        except OSError as e:
+            raise StoreError(
+                f"config {config_path} is missing or unreadable "
+                f"({e.strerror}); fetch the image again") from None
+        try:
+            verify(f"config {config_path}", digest, Digest.of(config_bytes))
+            config = parse_config(config_bytes)
+        except (VerificationError, ManifestError) as e:
+            raise StoreError(f"{e}; fetch the image again") from None
+        expected = [dockersave.layer_path(d) for d in config.diff_ids]
+        if entry.get("Layers") != expected:
+            raise StoreError(
+                f"{manifest} does not list the layers its config describes; "
+                "fetch the image again")
+        tags = entry.get("RepoTags") or []
+        return Image(
+            repository=self._repository,
+            tag=self._tag,
+            repo_tag=tags[0] if tags and isinstance(tags[0], str) else None,
+            platform=config.platform,
+            config=config_bytes,
+            config_digest=digest,
+            layers=tuple(Layer(i, d) for i, d in enumerate(config.diff_ids)))
+
+    def layer_chunks(self, layer: Layer) -> Iterator[bytes]:
+        path = self._store.layer_tar(layer.diff_id)
+        if not path.is_file():
+            raise StoreError(
+                f"{self.describe(layer)} is missing; fetch the image again")
+        return file_chunks(path)
+
+    def describe(self, layer: Layer) -> str:
+        return (f"layer {layer.index + 1} "
+                f"({self._store.layer_tar(layer.diff_id)})")

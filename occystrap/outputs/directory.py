@@ -1,0 +1,166 @@
+"""Writes an image's docker-save elements into a directory.
+
+Alone, a directory holds one image and is exactly an unpacked tarball. With
+unique names, many images share it: layers are stored once, by content.
+"""
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from occystrap import dockersave
+from occystrap.errors import OutputError
+from occystrap.fsutil import (
+    current_umask, output_errors, temp_path, write_atomic)
+from occystrap.image import Image, Layer
+from occystrap.store import (
+    LOCK, Store, single_manifest, single_repo_tags)
+
+
+class DirectoryWriter:
+    def __init__(self, path: Path, unique_names: bool) -> None:
+        self.path = path
+        self._unique = unique_names
+        self._staging: Path | None = None
+        self._created = False
+        self._written: list[Path] = []
+        with output_errors(path):
+            self._prepare()
+        self._store = Store(self._staging or path)
+
+    def _prepare(self) -> None:
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise OutputError(f"{path} exists and is not a directory")
+        if not path.parent.is_dir():
+            raise OutputError(f"cannot write {path}: directory "
+                              f"{path.parent} does not exist")
+        if self._unique:
+            self._prepare_shared()
+            return
+        if not path.exists():
+            # A single image appears whole or not at all.
+            self._staging = Path(tempfile.mkdtemp(
+                prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+            return
+        store = Store(path)
+        if store.is_shared:
+            raise OutputError(
+                f"{path} is a shared directory; add --use-unique-names to "
+                "add images to it")
+        if any(path.iterdir()) and not store.is_single:
+            raise OutputError(
+                f"{path} is not empty and is not an occystrap directory; "
+                "choose a new or empty directory")
+
+    def _prepare_shared(self) -> None:
+        path = self.path
+        try:
+            path.mkdir()
+            self._created = True
+        except FileExistsError:
+            store = Store(path)
+            if any(path.iterdir()) and not store.is_shared:
+                what = ("holds a single image (written without "
+                        "--use-unique-names)" if store.is_single
+                        else "is not empty and is not an occystrap "
+                        "directory")
+                raise OutputError(
+                    f"{path} {what}; choose a new or empty directory")
+        # Marks the directory as shared at once, so a concurrent fetch
+        # into it recognises it before the first catalog exists.
+        (path / LOCK).touch()
+
+    @property
+    def root(self) -> Path:
+        return self._staging or self.path
+
+    def begin(self, image: Image) -> None:
+        if self._unique or self._staging:
+            return
+        manifest = self.path / dockersave.MANIFEST
+        if not manifest.exists():
+            return
+        held = dockersave.manifest_entry(image)["Config"]
+        same = single_manifest(manifest).get("Config") == held
+        if not same:
+            tags = ", ".join(single_repo_tags(manifest)) or "another image"
+            raise OutputError(
+                f"{self.path} already holds {tags}; use a new directory, or "
+                "--use-unique-names to keep several images in one")
+
+    def has_layer(self, layer: Layer) -> bool:
+        return self._store.has_layer(layer.diff_id)
+
+    def write_layer(self, layer: Layer, chunks: Iterator[bytes]) -> None:
+        target = self._store.layer_tar(layer.diff_id)
+        with output_errors(target):
+            target.parent.mkdir(exist_ok=True)
+            temp = temp_path(target)
+            try:
+                with open(temp, "wb") as f:
+                    for chunk in chunks:
+                        f.write(chunk)
+                os.chmod(temp, 0o644 & ~current_umask())
+                # Only verified content (the iterator checks it before it
+                # ends) ever takes the final name.
+                os.replace(temp, target)
+                self._written.append(target)
+            except BaseException:
+                temp.unlink(missing_ok=True)
+                raise
+            version = target.parent / "VERSION"
+            if not version.exists():
+                write_atomic(version, dockersave.LAYER_VERSION)
+
+    def commit(self, image: Image) -> None:
+        root = self.root
+        with output_errors(self.path):
+            described = set()
+            for index, layer in enumerate(image.layers):
+                if layer.diff_id not in described:
+                    described.add(layer.diff_id)
+                    legacy = root / dockersave.layer_dir(layer.diff_id) / "json"
+                    if not (self._unique and legacy.exists()):
+                        write_atomic(legacy, dockersave.legacy_layer_json(
+                            image, index))
+            config = self._store.config_file(image.config_digest)
+            if not config.exists():
+                write_atomic(config, image.config)
+            if self._unique:
+                self._store.add_image(image.repository, image.tag,
+                                      dockersave.manifest_json(image))
+                return
+            repositories = dockersave.repositories_json(image)
+            if repositories:
+                write_atomic(root / dockersave.REPOSITORIES, repositories)
+            write_atomic(root / dockersave.MANIFEST,
+                         dockersave.manifest_json(image))
+            if self._staging:
+                os.chmod(self._staging, 0o777 & ~current_umask())
+                os.rename(self._staging, self.path)
+                self._staging = None
+
+    def abort(self) -> None:
+        if self._staging:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
+        elif self._created:
+            # Leave no trace in the directory we made, but spare whatever a
+            # concurrent fetch into it may have written meanwhile.
+            for layer in self._written:
+                for path in (layer, layer.parent / "VERSION"):
+                    path.unlink(missing_ok=True)
+                _rmdir_if_empty(layer.parent)
+            if [p.name for p in self.path.iterdir()] == [LOCK]:
+                (self.path / LOCK).unlink(missing_ok=True)
+                _rmdir_if_empty(self.path)
+
+
+def _rmdir_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass

@@ -1,0 +1,155 @@
+"""The extracted-directory layout: names and catalog, for writers and readers.
+
+A directory holds either one image (`manifest.json`, exactly the contents of
+a `docker save` tarball) or, with unique names, many images sharing layers:
+`manifest-<repository with / as _>-<tag>.json` per image, and `catalog.json`
+mapping each repository to its tags and each tag to its manifest file.
+"""
+
+import json
+import re
+from pathlib import Path
+
+from occystrap import dockersave
+from occystrap.digest import Digest
+from occystrap.errors import StoreError
+from occystrap.fsutil import file_digest, locked, write_atomic
+
+CATALOG = "catalog.json"
+# Hidden, so the seed's `cd DIR; tar -cf ../x.tar *` leaves it out.
+LOCK = ".occystrap.lock"
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.@:-]+$")
+
+Catalog = dict[str, dict[str, str]]
+
+
+def unique_manifest_name(repository: str, tag: str, attempt: int = 0) -> str:
+    suffix = f"-{attempt}" if attempt else ""
+    tag = tag.replace(":", "_")  # digests; ':' is unwelcome on FAT media
+    return f"manifest-{repository.replace('/', '_')}-{tag}{suffix}.json"
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def layer_tar(self, diff_id: Digest) -> Path:
+        return self.root / dockersave.layer_path(diff_id)
+
+    def config_file(self, digest: Digest) -> Path:
+        return self.root / dockersave.config_name(digest)
+
+    def has_layer(self, diff_id: Digest) -> bool:
+        """A layer counts as present only if its content hashes right."""
+        return file_digest(self.layer_tar(diff_id), diff_id.algorithm) \
+            == diff_id
+
+    @property
+    def is_merged(self) -> bool:
+        return (self.root / CATALOG).exists()
+
+    @property
+    def is_shared(self) -> bool:
+        """A shared directory, maybe still receiving its first image."""
+        return self.is_merged or (self.root / LOCK).exists()
+
+    @property
+    def is_single(self) -> bool:
+        return (self.root / dockersave.MANIFEST).exists()
+
+    def read_catalog(self) -> Catalog:
+        path = self.root / CATALOG
+        try:
+            doc = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            raise StoreError(f"{path} is unreadable or damaged: {e}") \
+                from None
+        valid = isinstance(doc, dict) and all(
+            isinstance(tags, dict) and all(
+                isinstance(t, str) and isinstance(m, str)
+                and _SAFE_NAME.match(m) for t, m in tags.items())
+            for tags in doc.values())
+        if not valid:
+            raise StoreError(f"{path} is not an occystrap catalog")
+        return doc
+
+    def add_image(self, repository: str, tag: str, manifest: bytes) -> str:
+        """Write an image's manifest under its unique name; catalog it.
+
+        Under a lock, so concurrent fetches into one directory all land.
+        """
+        with locked(self.root / LOCK):
+            catalog = self.read_catalog()
+            taken = {name: (repo, t) for repo, tags in catalog.items()
+                     for t, name in tags.items()}
+            attempt = 0
+            name = unique_manifest_name(repository, tag)
+            # Repositories 'a/b' and 'a_b' would share a name: keep both.
+            while taken.get(name, (repository, tag)) != (repository, tag):
+                attempt += 1
+                name = unique_manifest_name(repository, tag, attempt)
+            write_atomic(self.root / name, manifest)
+            catalog.setdefault(repository, {})[tag] = name
+            write_atomic(self.root / CATALOG,
+                         json.dumps(catalog, indent=2, sort_keys=True)
+                         .encode() + b"\n")
+        return name
+
+    def manifest_for(self, repository: str, tag: str) -> Path:
+        """The manifest file of repository:tag, from the catalog or alone."""
+        if not self.root.is_dir():
+            raise StoreError(f"{self.root} is not a directory")
+        if self.is_merged:
+            catalog = self.read_catalog()
+            for name in _candidates(repository):
+                if tag in catalog.get(name, {}):
+                    return self.root / catalog[name][tag]
+            held = "; ".join(
+                f"{repo}: {', '.join(sorted(tags))}"
+                for repo, tags in sorted(catalog.items())) or "nothing"
+            raise StoreError(
+                f"{repository}:{tag} is not in {self.root / CATALOG}; it "
+                f"holds {held}")
+        if self.is_single:
+            path = self.root / dockersave.MANIFEST
+            tags = single_repo_tags(path)
+            wanted = {f"{n}:{tag}" for n in _candidates(repository)}
+            if any(t in wanted or any(t.endswith("/" + w) for w in wanted)
+                   for t in tags):
+                return path
+            raise StoreError(
+                f"{self.root} holds {', '.join(tags) or 'an untagged image'}"
+                f", not {repository}:{tag}")
+        raise StoreError(
+            f"{self.root} is not an occystrap directory (no {CATALOG} or "
+            f"{dockersave.MANIFEST}); give the directory fetch-to-extracted "
+            "wrote")
+
+
+def single_manifest(path: Path) -> dict:
+    """The one entry of a docker-save manifest.json."""
+    try:
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError) as e:
+        raise StoreError(f"{path} is unreadable or damaged: {e}") from None
+    if not (isinstance(doc, list) and len(doc) == 1
+            and isinstance(doc[0], dict)):
+        raise StoreError(f"{path} does not describe exactly one image")
+    return doc[0]
+
+
+def single_repo_tags(path: Path) -> list[str]:
+    tags = single_manifest(path).get("RepoTags") or []
+    return [t for t in tags if isinstance(t, str)]
+
+
+def _candidates(repository: str) -> list[str]:
+    """Docker Hub's official images are stored as library/NAME."""
+    names = [repository]
+    if "/" not in repository:
+        names.append(f"library/{repository}")
+    elif repository.startswith("library/"):
+        names.append(repository[len("library/"):])
+    return names
