@@ -28,6 +28,7 @@ class Settings:
     """What the group's options decide for every command."""
 
     verbose: bool
+    parallel: int
     platform: Platform
     platform_required: bool
     transport: TransportOptions
@@ -99,11 +100,14 @@ def _platform(ctx, param, value):
 @click.option("--retry-delay", type=click.FloatRange(min=0), default=1.0,
               show_default=True,
               help="Seconds before the first retry; doubles each time.")
+@click.option("-j", "--parallel", type=click.IntRange(min=1, max=32),
+              default=pipeline.DEFAULT_PARALLEL, show_default=True,
+              help="Layers to download at once.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Show each step, and a traceback on errors.")
 @click.pass_context
 def cli(ctx, platform, os_, architecture, variant, username, password,
-        insecure, ca_cert, timeout, retries, retry_delay, verbose):
+        insecure, ca_cert, timeout, retries, retry_delay, parallel, verbose):
     """Fetch container images from registries, without Docker or root.
 
     \b
@@ -120,6 +124,7 @@ def cli(ctx, platform, os_, architecture, variant, username, password,
         raise click.UsageError("--username needs --password")
     ctx.obj = Settings(
         verbose=verbose,
+        parallel=parallel,
         platform=platform,
         platform_required=explicit,
         transport=TransportOptions(
@@ -233,7 +238,8 @@ def recreate_image(settings: Settings, directory, image, tag, tarfile):
           latest ha-latest.tar
     """
     source = DirectoryInput(directory, image, tag)
-    summary = pipeline.run(source, TarballWriter(tarfile))
+    summary = pipeline.run(source, TarballWriter(tarfile),
+                           parallel=settings.parallel)
     _report_done(summary, tarfile)
 
 
@@ -243,7 +249,7 @@ def _fetch(settings: Settings, reference: ImageReference,
     try:
         source = RegistryInput(client, reference, settings.platform,
                                settings.platform_required)
-        summary = pipeline.run(source, writer)
+        summary = pipeline.run(source, writer, parallel=settings.parallel)
     finally:
         client.close()
     _report_done(summary, destination)

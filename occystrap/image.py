@@ -43,16 +43,28 @@ class ImageSource(Protocol):
     def describe(self, layer: Layer) -> str:
         """Names the layer and where it comes from, for error messages."""
 
+    def size_hint(self, layer: Layer) -> int | None:
+        """The uncompressed size the layer probably has, if cheaply known."""
+
 
 class ImageWriter(Protocol):
+    # Writers that place layers by size want hints before layers arrive.
+    wants_size_hints: bool
+
     def begin(self, image: Image) -> None:
         """Check the destination can take this image, before any download."""
+
+    def plan(self, layers: list[tuple[Layer, int | None]]) -> None:
+        """The layers about to be written, in order, with size hints."""
 
     def has_layer(self, layer: Layer) -> bool:
         """True when the layer is already at the destination, verified."""
 
     def write_layer(self, layer: Layer, chunks: Iterator[bytes]) -> None:
-        """Consume uncompressed tar bytes; the iterator raises on bad data."""
+        """Consume uncompressed tar bytes; the iterator raises on bad data.
+
+        Called from several threads at once, for different layers.
+        """
 
     def commit(self, image: Image) -> None:
         """Write the metadata and make the output appear, atomically."""

@@ -1,16 +1,28 @@
-"""The one layer-streaming pipeline: input -> decompress -> verify -> writer."""
+"""The one layer-streaming pipeline: input -> decompress -> verify -> writer.
+
+Layers travel in parallel, each on its own thread: fetching, inflating,
+hashing and writing all release the GIL, so two cores stay busy.
+"""
 
 import dataclasses
 import logging
+import queue
+import threading
 import time
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from occystrap import progress
 from occystrap.compression import decompress
 from occystrap.digest import Digest, verify
+from occystrap.errors import OccystrapError
 from occystrap.image import Image, ImageSource, ImageWriter, Layer
 
 LOG = logging.getLogger(__name__)
+DEFAULT_PARALLEL = 4
+
+
+class Cancelled(OccystrapError):
+    """Another layer failed; this one stopped early."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,35 +34,75 @@ class Summary:
     seconds: float
 
 
+class _Tally:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.fetched = self.skipped = self.transferred = 0
+
+    def add(self, fetched: int = 0, skipped: int = 0,
+            transferred: int = 0) -> None:
+        with self._lock:
+            self.fetched += fetched
+            self.skipped += skipped
+            self.transferred += transferred
+
+
 def run(source: ImageSource, writer: ImageWriter,
-        report: progress.Callback = progress.ignore) -> Summary:
+        report: progress.Callback = progress.ignore,
+        parallel: int = DEFAULT_PARALLEL) -> Summary:
     """Copy one image from source to writer; on any failure, abort writer."""
     started = time.monotonic()
-    transferred = fetched = skipped = 0
+    tally = _Tally()
+    stop = threading.Event()
     try:
         image = source.resolve()
         report(progress.ImageResolved(image))
         writer.begin(image)
+        unique: dict[Digest, Layer] = {}
         for layer in image.layers:
+            unique.setdefault(layer.diff_id, layer)
+
+        def survey(layer: Layer) -> tuple[Layer, bool, int | None]:
             if writer.has_layer(layer):
-                skipped += 1
+                return layer, True, None
+            hint = source.size_hint(layer) if writer.wants_size_hints \
+                else None
+            return layer, False, hint
+
+        surveyed = _parallel_map(survey, list(unique.values()), parallel,
+                                 stop)
+        pending = []
+        for layer, present, hint in surveyed:
+            if present:
+                tally.add(skipped=1)
                 report(progress.LayerSkipped(layer))
-                continue
-            report(progress.LayerStarted(layer))
-            counter = _Counter(source.layer_chunks(layer), layer, report)
-            what = source.describe(layer)
-            writer.write_layer(
-                layer, verified_tar(decompress(counter, what), layer.diff_id,
-                                    what))
-            transferred += counter.total
-            fetched += 1
-            report(progress.LayerDone(layer))
+            else:
+                pending.append((layer, hint))
+        writer.plan(pending)
+
+        def copy(item: tuple[Layer, int | None]) -> None:
+            _copy_layer(source, writer, item[0], report, tally, stop)
+
+        _parallel_map(copy, pending, parallel, stop)
         writer.commit(image)
     except BaseException:
+        stop.set()
         writer.abort()
         raise
-    return Summary(image, fetched, skipped, transferred,
+    return Summary(image, tally.fetched, tally.skipped, tally.transferred,
                    time.monotonic() - started)
+
+
+def _copy_layer(source: ImageSource, writer: ImageWriter, layer: Layer,
+                report: progress.Callback, tally: _Tally,
+                stop: threading.Event) -> None:
+    report(progress.LayerStarted(layer))
+    what = source.describe(layer)
+    counted = _counted(source.layer_chunks(layer), layer, report, tally, stop)
+    writer.write_layer(
+        layer, verified_tar(decompress(counted, what), layer.diff_id, what))
+    tally.add(fetched=1)
+    report(progress.LayerDone(layer))
 
 
 def verified_tar(chunks: Iterable[bytes], diff_id: Digest,
@@ -67,18 +119,75 @@ def verified_tar(chunks: Iterable[bytes], diff_id: Digest,
     verify(f"{what} content (diff_id)", diff_id, hasher.digest())
 
 
-class _Counter:
-    """Counts bytes as they arrive, reporting progress."""
+def _counted(chunks: Iterable[bytes], layer: Layer,
+             report: progress.Callback, tally: _Tally,
+             stop: threading.Event) -> Iterator[bytes]:
+    """Count bytes for progress, and stop early once another layer failed."""
+    total = 0
+    for chunk in chunks:
+        if stop.is_set():
+            raise Cancelled("cancelled")
+        total += len(chunk)
+        tally.add(transferred=len(chunk))
+        report(progress.LayerBytes(layer, total))
+        yield chunk
 
-    def __init__(self, chunks: Iterable[bytes], layer: Layer,
-                 report: progress.Callback) -> None:
-        self._chunks = chunks
-        self._layer = layer
-        self._report = report
-        self.total = 0
 
-    def __iter__(self) -> Iterator[bytes]:
-        for chunk in self._chunks:
-            self.total += len(chunk)
-            self._report(progress.LayerBytes(self._layer, self.total))
-            yield chunk
+def _parallel_map(work: Callable, items: list, parallel: int,
+                  stop: threading.Event) -> list:
+    """Run work(item) on up to `parallel` threads; results in item order.
+
+    The first failure stops the rest (they see `stop`) and is re-raised
+    here. Threads are daemons so that Ctrl-C never waits for a stalled
+    socket.
+    """
+    if not items:
+        return []
+    results: list = [None] * len(items)
+    errors: list[BaseException] = []
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+    for index in range(len(items)):
+        todo.put(index)
+    remaining = threading.Semaphore(0)
+
+    def worker() -> None:
+        while not stop.is_set():
+            try:
+                index = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                results[index] = work(items[index])
+            except BaseException as e:  # re-raised in the calling thread
+                if not stop.is_set():
+                    errors.append(e)
+                stop.set()
+            finally:
+                remaining.release()
+
+    threads = [threading.Thread(target=worker, daemon=True,
+                                name=f"occystrap-layer-{n}")
+               for n in range(max(1, min(parallel, len(items))))]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in items:
+            # Short waits keep the main thread responsive to Ctrl-C.
+            while not remaining.acquire(timeout=0.2):
+                if stop.is_set() and not any(t.is_alive() for t in threads):
+                    break
+            if stop.is_set():
+                break
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        # Let workers notice `stop` before the writer cleans up under them.
+        deadline = time.monotonic() + 5
+        for thread in threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    if errors:
+        raise errors[0]
+    if stop.is_set():
+        raise Cancelled("cancelled")
+    return results

@@ -326,6 +326,22 @@ class RegistryClient:
                 return []
         return sorted(t for t in tags or [] if isinstance(t, str))
 
+    def blob_range(self, repository: str, descriptor: Descriptor,
+                   start: int, length: int) -> bytes | None:
+        """A few bytes from inside a blob, or None if the server won't say.
+
+        Only for hints (a gzip trailer's size); nothing relies on them.
+        """
+        response = self._request(
+            "GET", f"{repository}/blobs/{descriptor.digest}", repository,
+            headers={"Range": f"bytes={start}-{start + length - 1}",
+                     "Accept-Encoding": "identity"}, stream=True)
+        with response:
+            if response.status_code != 206:
+                return None
+            data = response.raw.read(length + 1)
+        return data if len(data) == length else None
+
     def fetch_blob(self, repository: str, descriptor: Descriptor,
                    cap: int = MAX_CONFIG_SIZE) -> bytes:
         """A small blob (a config), whole and verified."""

@@ -216,3 +216,22 @@ def test_python_dash_m(registry, repo, tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
     assert tarfile.is_tarfile(out)
+
+
+def test_multi_member_gzip_layer(registry, repo, podman, tmp_path):
+    """gzip's size trailer then describes only the last member."""
+    import gzip
+    tar = ib.tar_bytes([ib.file("big", ib.random_bytes(400_000, 3)),
+                        ib.file("small", b"x" * 10)])
+    blob = gzip.compress(tar[:300_000]) + gzip.compress(tar[300_000:])
+    layer = ib.Layer(tar, blob, ib.DOCKER_LAYER_GZIP, ib.sha256(blob),
+                     ib.sha256(tar), len(blob))
+    image = ib.make_image([layer, ib.make_layer([ib.file("z", b"z")])])
+    registry.push_image(repo, image, "v1")
+    out = tmp_path / "multi.tar"
+    _fetch(registry, repo, "v1", out)
+    _assert_loads(podman, out, image, f"{registry.host}/{repo}:v1")
+    with tarfile.open(out) as archive:
+        stored = archive.extractfile(
+            f"{layer.diff_id.split(':')[1]}/layer.tar").read()
+    assert stored == tar

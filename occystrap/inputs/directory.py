@@ -68,3 +68,9 @@ class DirectoryInput:
     def describe(self, layer: Layer) -> str:
         return (f"layer {layer.index + 1} "
                 f"({self._store.layer_tar(layer.diff_id)})")
+
+    def size_hint(self, layer: Layer) -> int | None:
+        try:
+            return self._store.layer_tar(layer.diff_id).stat().st_size
+        except OSError:
+            return None

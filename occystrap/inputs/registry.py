@@ -3,10 +3,12 @@
 import logging
 from typing import Iterator
 
-from occystrap.errors import ManifestError, PlatformNotFound
+from occystrap.errors import (
+    ManifestError, OccystrapError, PlatformNotFound)
 from occystrap.image import Image, Layer
 from occystrap.manifest import (
-    ImageIndex, ImageManifest, Platform, parse_config, parse_manifest)
+    GZIP_LAYER_TYPES, PLAIN_LAYER_TYPES, ImageIndex, ImageManifest, Platform,
+    parse_config, parse_manifest)
 from occystrap.reference import ImageReference
 from occystrap.registry import RegistryClient
 
@@ -73,3 +75,25 @@ class RegistryInput:
         digest = layer.descriptor.digest if layer.descriptor else layer.diff_id
         return (f"layer {layer.index + 1} ({digest.short()}) of "
                 f"{self._reference}")
+
+    def size_hint(self, layer: Layer) -> int | None:
+        """The layer's likely uncompressed size, to plan the output with.
+
+        Plain tar blobs are their own size; gzip records the size (modulo
+        4 GiB) in its last four bytes. A wrong hint costs speed, never
+        correctness: the writer checks it against what arrives.
+        """
+        descriptor = layer.descriptor
+        assert descriptor is not None
+        if descriptor.media_type in PLAIN_LAYER_TYPES:
+            return descriptor.size
+        if descriptor.media_type not in GZIP_LAYER_TYPES \
+                or descriptor.size < 20:
+            return None
+        try:
+            tail = self._client.blob_range(self._reference.repository,
+                                           descriptor, descriptor.size - 4, 4)
+        except OccystrapError as e:
+            LOG.debug("no size hint for %s: %s", descriptor.digest, e)
+            return None
+        return int.from_bytes(tail, "little") if tail else None

@@ -20,6 +20,8 @@ from occystrap.store import (
 
 
 class DirectoryWriter:
+    wants_size_hints = False
+
     def __init__(self, path: Path, unique_names: bool) -> None:
         self.path = path
         self._unique = unique_names
@@ -90,6 +92,9 @@ class DirectoryWriter:
             raise OutputError(
                 f"{self.path} already holds {tags}; use a new directory, or "
                 "--use-unique-names to keep several images in one")
+
+    def plan(self, layers: list[tuple[Layer, int | None]]) -> None:
+        pass
 
     def has_layer(self, layer: Layer) -> bool:
         return self._store.has_layer(layer.diff_id)

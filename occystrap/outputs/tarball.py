@@ -1,24 +1,45 @@
-"""Writes an image as a `docker load`-able tarball, atomically."""
+"""Writes an image as a `docker load`-able tarball, atomically, in one pass.
 
+Tar members may come in any order, so each layer whose size can be
+predicted gets its own region of the file up front, and layers stream into
+their regions in parallel. Layers of unknown size are appended at the end,
+one at a time and in manifest order, so the output stays deterministic.
+A wrong prediction costs a little speed, never correctness: the region
+becomes an unused filler member and the layer moves to the end.
+"""
+
+import contextlib
+import dataclasses
 import os
 import tarfile
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterator
 
 from occystrap import dockersave
+from occystrap.digest import Digest
 from occystrap.errors import OutputError
 from occystrap.fsutil import current_umask, output_errors
 from occystrap.image import Image, Layer
 
 _BLOCK = tarfile.BLOCKSIZE
-# GNU headers can hold any size in one block (base-256 past 8 GiB), so a
-# layer's header can be written before its size is known and fixed in place.
+# GNU headers hold any size in one block (base-256 past 8 GiB), so a header
+# can be written before its size is final and rewritten in place.
 _FORMAT = tarfile.GNU_FORMAT
+# Smaller than any real layer tar (two zero blocks end every archive).
+_MIN_HINT = 2 * _BLOCK
+_COPY_CHUNK = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class _Region:
+    header_at: int
+    size: int
 
 
 class TarballWriter:
-    """Streams layers straight into the tarball, one pass over the bytes."""
+    wants_size_hints = True
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -30,86 +51,207 @@ class TarballWriter:
             raise OutputError(f"cannot write {path}: directory {parent} "
                               "does not exist")
         try:
-            fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
-                                        dir=parent)
+            self._fd, temp = tempfile.mkstemp(
+                prefix=f".{path.name}.", suffix=".tmp", dir=parent)
         except OSError as e:
             raise OutputError(f"cannot write in {parent}: {e.strerror}") \
                 from None
         self._temp = Path(temp)
-        self._file = os.fdopen(fd, "w+b")
-        self._written: set[str] = set()
+        # Guards the descriptor: no thread writes once abort closed it.
+        self._io = threading.Lock()
+        self._closed = False
+        self._end = 0
+        self._regions: dict[Digest, _Region] = {}
+        self._tail_rank: dict[Digest, int] = {}
+        self._tail = threading.Condition()
+        self._tail_busy = False
+        self._tail_next = 0
+        self._moving = 0
+        self._fillers = 0
 
     def begin(self, image: Image) -> None:
         pass
 
     def has_layer(self, layer: Layer) -> bool:
-        # An image may list the same layer twice (empty layers, mostly).
-        return layer.diff_id.hex in self._written
+        return False
+
+    def plan(self, layers: list[tuple[Layer, int | None]]) -> None:
+        with output_errors(self.path):
+            for layer, hint in layers:
+                name = dockersave.layer_dir(layer.diff_id)
+                self._append_member(f"{name}/", None)
+                self._append_member(f"{name}/VERSION",
+                                    dockersave.LAYER_VERSION)
+                if hint is not None and hint >= _MIN_HINT:
+                    region = _Region(self._end, hint)
+                    self._pwrite(_header(dockersave.layer_path(layer.diff_id),
+                                         hint), region.header_at)
+                    self._end += _BLOCK + _padded(hint)
+                    self._regions[layer.diff_id] = region
+                else:
+                    self._tail_rank[layer.diff_id] = len(self._tail_rank)
 
     def write_layer(self, layer: Layer, chunks: Iterator[bytes]) -> None:
-        with self._errors():
-            name = dockersave.layer_dir(layer.diff_id)
-            self._member(f"{name}/", None)
-            self._member(f"{name}/VERSION", dockersave.LAYER_VERSION)
-            header_at = self._file.tell()
-            self._file.write(_header(dockersave.layer_path(layer.diff_id), 0))
-            size = 0
-            for chunk in chunks:
-                self._file.write(chunk)
-                size += len(chunk)
-            self._file.write(_padding(size))
-            end = self._file.tell()
-            self._file.seek(header_at)
-            self._file.write(_header(dockersave.layer_path(layer.diff_id),
-                                     size))
-            self._file.seek(end)
-            self._written.add(name)
+        with output_errors(self.path):
+            region = self._regions.get(layer.diff_id)
+            if region is not None:
+                self._fill(layer, region, iter(chunks))
+            else:
+                with self._tail_turn(self._tail_rank[layer.diff_id]):
+                    self._append_stream(layer, iter(chunks), b"", 0)
+
+    def _fill(self, layer: Layer, region: _Region,
+              chunks: Iterator[bytes]) -> None:
+        start = region.header_at + _BLOCK
+        written = 0
+        for chunk in chunks:
+            if written + len(chunk) > region.size:
+                self._move_to_tail(layer, region, written, chunk, chunks)
+                return
+            self._pwrite(chunk, start + written)
+            written += len(chunk)
+        if written == region.size:
+            return
+        # Shorter than predicted: keep the layer here and mark the rest
+        # of the region as filler, so the archive stays well-formed.
+        name = dockersave.layer_path(layer.diff_id)
+        self._pwrite(_header(name, written), region.header_at)
+        spare = _padded(region.size) - _padded(written)
+        if spare:
+            self._pwrite(self._filler_header(spare - _BLOCK),
+                         start + _padded(written))
+
+    def _move_to_tail(self, layer: Layer, region: _Region, written: int,
+                      chunk: bytes, rest: Iterator[bytes]) -> None:
+        """Longer than predicted: continue at the end of the archive."""
+        with self._tail_turn(None):
+            self._append_stream(layer, rest, chunk,
+                                region.header_at + _BLOCK, written)
+        self._pwrite(self._filler_header(_padded(region.size)),
+                     region.header_at)
+
+    def _append_stream(self, layer: Layer, chunks: Iterator[bytes],
+                       first: bytes, moved_from: int,
+                       moved: int = 0) -> None:
+        """Stream a layer to the end; the caller holds the tail."""
+        header_at = self._end
+        name = dockersave.layer_path(layer.diff_id)
+        self._pwrite(_header(name, 0), header_at)
+        position = header_at + _BLOCK
+        for offset in range(0, moved, _COPY_CHUNK):
+            size = min(_COPY_CHUNK, moved - offset)
+            self._pwrite(os.pread(self._fd, size, moved_from + offset),
+                         position + offset)
+        position += moved
+        if first:
+            self._pwrite(first, position)
+            position += len(first)
+        for chunk in chunks:
+            self._pwrite(chunk, position)
+            position += len(chunk)
+        size = position - header_at - _BLOCK
+        self._pwrite(_header(name, size), header_at)
+        self._end = header_at + _BLOCK + _padded(size)
+        self._pwrite(b"\0" * (self._end - position), position)
+
+    @contextlib.contextmanager
+    def _tail_turn(self, rank: int | None) -> Iterator[None]:
+        """Exclusive use of the archive's end: planned layers in order,
+        layers moved after a wrong prediction first."""
+        with self._tail:
+            if rank is None:
+                self._moving += 1
+            try:
+                while self._tail_busy or (rank is not None and (
+                        rank != self._tail_next or self._moving)):
+                    if self._closed:
+                        raise OutputError("the output was abandoned")
+                    self._tail.wait(0.2)
+            finally:
+                if rank is None:
+                    self._moving -= 1
+            self._tail_busy = True
+        try:
+            yield
+        finally:
+            with self._tail:
+                self._tail_busy = False
+                if rank is not None:
+                    self._tail_next += 1
+                self._tail.notify_all()
 
     def commit(self, image: Image) -> None:
-        with self._errors():
+        with output_errors(self.path):
             described = set()
             for index, layer in enumerate(image.layers):
                 if layer.diff_id not in described:
                     described.add(layer.diff_id)
-                    self._member(f"{layer.diff_id.hex}/json",
-                                 dockersave.legacy_layer_json(image, index))
-            self._member(dockersave.config_name(image.config_digest),
-                         image.config)
-            self._member(dockersave.MANIFEST, dockersave.manifest_json(image))
+                    self._append_member(
+                        f"{layer.diff_id.hex}/json",
+                        dockersave.legacy_layer_json(image, index))
+            self._append_member(dockersave.config_name(image.config_digest),
+                                image.config)
+            self._append_member(dockersave.MANIFEST,
+                                dockersave.manifest_json(image))
             repositories = dockersave.repositories_json(image)
             if repositories:
-                self._member(dockersave.REPOSITORIES, repositories)
-            self._file.write(b"\0" * (2 * _BLOCK))
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
+                self._append_member(dockersave.REPOSITORIES, repositories)
+            self._pwrite(b"\0" * (2 * _BLOCK), self._end)
+            os.fsync(self._fd)
+            with self._io:
+                self._closed = True
+                os.close(self._fd)
             os.chmod(self._temp, 0o644 & ~current_umask())
             os.replace(self._temp, self.path)
 
     def abort(self) -> None:
-        self._file.close()
+        with self._io:
+            if not self._closed:
+                self._closed = True
+                os.close(self._fd)
+        with self._tail:
+            self._tail.notify_all()
         self._temp.unlink(missing_ok=True)
 
-    def _member(self, name: str, data: bytes | None) -> None:
+    def _pwrite(self, data: bytes, offset: int) -> None:
+        view = memoryview(data)
+        with self._io:
+            if self._closed:
+                raise OutputError("the output was abandoned")
+            while view:
+                done = os.pwrite(self._fd, view, offset)
+                view, offset = view[done:], offset + done
+
+    def _append_member(self, name: str, data: bytes | None) -> None:
         if data is None:
             info = tarfile.TarInfo(name.rstrip("/"))
             info.type = tarfile.DIRTYPE
             info.mode = 0o755
-            self._file.write(info.tobuf(_FORMAT, "utf-8", "strict"))
+            self._pwrite(info.tobuf(_FORMAT, "utf-8", "strict"), self._end)
+            self._end += _BLOCK
             return
-        self._file.write(_header(name, len(data)))
-        self._file.write(data)
-        self._file.write(_padding(len(data)))
+        self._pwrite(_header(name, len(data)) + data + _padding(len(data)),
+                     self._end)
+        self._end += _BLOCK + _padded(len(data))
 
-    def _errors(self):
-        return output_errors(self.path)
+    def _filler_header(self, size: int) -> bytes:
+        with self._tail:
+            self._fillers += 1
+            number = self._fillers
+        return _header(f".occystrap-unused-{number}", size)
 
 
 def _header(name: str, size: int) -> bytes:
     info = tarfile.TarInfo(name)
     info.size = size
     info.mode = 0o644
-    return info.tobuf(_FORMAT, "utf-8", "strict")
+    header = info.tobuf(_FORMAT, "utf-8", "strict")
+    assert len(header) == _BLOCK, "layer paths fit one header block"
+    return header
+
+
+def _padded(size: int) -> int:
+    return size + (-size % _BLOCK)
 
 
 def _padding(size: int) -> bytes:
