@@ -13,7 +13,10 @@ setup(
     install_requires=["click>=8.0", "requests>=2.25"],
     extras_require={
         "zstd": ["zstandard>=0.18"],
-        "test": ["pytest>=7", "zstandard>=0.18"],
+        # bcrypt: htpasswd files for the registry; cryptography: the test
+        # CA and the token service's signed JWTs.
+        "test": ["pytest>=7", "zstandard>=0.18", "bcrypt>=3.1",
+                 "cryptography>=3.1"],
     },
     entry_points={"console_scripts": ["occystrap=occystrap.cli:main"]},
     classifiers=[

@@ -1,7 +1,9 @@
 """The occystrap command line: thin commands over the library."""
 
 import dataclasses
+import functools
 import logging
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -9,7 +11,8 @@ from pathlib import Path
 import click
 
 from occystrap import __version__, pipeline
-from occystrap.auth import Credentials
+from occystrap.credentials import (
+    CredentialSource, Credentials, find_credentials)
 from occystrap.errors import OccystrapError
 from occystrap.image import ImageWriter
 from occystrap.inputs.directory import DirectoryInput
@@ -19,8 +22,12 @@ from occystrap.outputs.directory import DirectoryWriter
 from occystrap.outputs.tarball import TarballWriter
 from occystrap.reference import ImageReference
 from occystrap.registry import RegistryClient, TransportOptions
+from occystrap.tls import DEFAULT_CERTS_D
 
 LOG = logging.getLogger("occystrap")
+# A query string may be a signature (signed blob URLs carry their authority
+# there); requests puts whole URLs into its exception texts.
+_QUERY_RE = re.compile(r"(/[^\s'\"?]*)\?[^\s'\"()<>]+")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +50,7 @@ class OccystrapGroup(click.Group):
             return super().invoke(ctx)
         except OccystrapError as e:
             self._explain(ctx)
-            raise click.ClickException(str(e)) from None
+            raise click.ClickException(_scrub(str(e))) from None
         except KeyboardInterrupt:
             click.echo("\nInterrupted; nothing was written.", err=True)
             ctx.exit(130)
@@ -52,15 +59,19 @@ class OccystrapGroup(click.Group):
             raise
         except Exception as e:  # a bug: still one line unless --verbose
             self._explain(ctx)
-            raise click.ClickException(
+            raise click.ClickException(_scrub(
                 f"internal error: {type(e).__name__}: {e}; rerun with "
-                "--verbose and report it") from None
+                "--verbose and report it")) from None
 
     @staticmethod
     def _explain(ctx: click.Context) -> None:
         settings = ctx.find_object(Settings)
         if settings and settings.verbose:
-            click.echo(traceback.format_exc().rstrip(), err=True)
+            click.echo(_scrub(traceback.format_exc().rstrip()), err=True)
+
+
+def _scrub(text: str) -> str:
+    return _QUERY_RE.sub(r"\1?…", text)
 
 
 pass_settings = click.make_pass_decorator(Settings)
@@ -85,12 +96,23 @@ def _platform(ctx, param, value):
 @click.option("--architecture", default=None,
               help="Platform architecture (default amd64).")
 @click.option("--variant", default=None, help="Platform variant, e.g. v8.")
-@click.option("--username", default=None, help="Registry username.")
-@click.option("--password", default=None, help="Registry password or token.")
+@click.option("--username", default=None,
+              help="Registry username (default: from docker's or podman's "
+                   "login files).")
+@click.option("--password", default=None,
+              help="Registry password or token; --password-stdin keeps it "
+                   "out of the process list.")
+@click.option("--password-stdin", is_flag=True,
+              help="Read the password from standard input.")
 @click.option("--insecure", is_flag=True,
               help="Do not verify the registry's TLS certificate.")
 @click.option("--ca-cert", type=click.Path(exists=True, dir_okay=False),
-              help="CA certificate bundle to verify the registry with.")
+              help="PEM file of CAs to trust for the registry, besides the "
+                   "system's.")
+@click.option("--certs-d", type=click.Path(file_okay=False),
+              default=str(DEFAULT_CERTS_D), show_default=True,
+              help="docker's per-registry CA directory: HOST[:PORT]/*.crt "
+                   "files are trusted for that registry.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=30.0,
               show_default=True,
               help="Seconds to wait for a stalled connection.")
@@ -107,7 +129,8 @@ def _platform(ctx, param, value):
               help="Show each step, and a traceback on errors.")
 @click.pass_context
 def cli(ctx, platform, os_, architecture, variant, username, password,
-        insecure, ca_cert, timeout, retries, retry_delay, parallel, verbose):
+        password_stdin, insecure, ca_cert, certs_d, timeout, retries,
+        retry_delay, parallel, verbose):
     """Fetch container images from registries, without Docker or root.
 
     \b
@@ -120,8 +143,8 @@ def cli(ctx, platform, os_, architecture, variant, username, password,
     explicit = platform is not None or any((os_, architecture, variant))
     if platform is None:
         platform = Platform(os_ or "linux", architecture or "amd64", variant)
-    if username and password is None:
-        raise click.UsageError("--username needs --password")
+    credentials = _explicit_credentials(ctx, username, password,
+                                        password_stdin)
     ctx.obj = Settings(
         verbose=verbose,
         parallel=parallel,
@@ -129,8 +152,41 @@ def cli(ctx, platform, os_, architecture, variant, username, password,
         platform_required=explicit,
         transport=TransportOptions(
             verify=False if insecure else (ca_cert or True),
-            read_timeout=timeout, retries=retries, backoff=retry_delay),
-        credentials=Credentials(username, password) if username else None)
+            certs_d=certs_d,
+            # Connecting never takes longer than a stall may; a long
+            # --timeout (a slow link) earns a longer time without progress.
+            connect_timeout=min(15.0, timeout), read_timeout=timeout,
+            give_up_after=max(90.0, 3 * timeout),
+            retries=retries, backoff=retry_delay),
+        credentials=credentials)
+
+
+def _explicit_credentials(ctx: click.Context, username: str | None,
+                          password: str | None,
+                          password_stdin: bool) -> Credentials | None:
+    """Credentials from options or OCCYSTRAP_* variables, if any."""
+    if password_stdin:
+        if ctx.get_parameter_source("password") \
+                == click.core.ParameterSource.COMMANDLINE:
+            raise click.UsageError(
+                "--password and --password-stdin are mutually exclusive")
+        if not username:
+            raise click.UsageError("--password-stdin needs --username")
+        # As docker login: one trailing newline (or CRLF) is not part of it.
+        password = click.get_text_stream("stdin").read()
+        password = password.removesuffix("\n").removesuffix("\r")
+        if not password:
+            raise click.UsageError("--password-stdin read an empty password")
+    if username and password is None:
+        raise click.UsageError(
+            "--username needs --password or --password-stdin")
+    if password is not None and not username:
+        raise click.UsageError("--password needs --username")
+    if not username:
+        return None
+    source = ("OCCYSTRAP_USERNAME" if ctx.get_parameter_source("username")
+              == click.core.ParameterSource.ENVIRONMENT else "--username")
+    return Credentials(username, password, source=source)
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -145,8 +201,13 @@ def _configure_logging(verbose: bool) -> None:
 
 
 def _client(settings: Settings, reference: ImageReference) -> RegistryClient:
+    credentials: Credentials | CredentialSource | None = settings.credentials
+    if credentials is None:
+        # Read only if the registry asks: public pulls never run helpers.
+        credentials = functools.partial(
+            find_credentials, reference.registry.host, reference.repository)
     return RegistryClient(reference.registry, settings.transport,
-                          settings.credentials)
+                          credentials)
 
 
 def _report_done(summary: pipeline.Summary, destination: Path) -> None:
@@ -245,7 +306,13 @@ def recreate_image(settings: Settings, directory, image, tag, tarfile):
 
 def _fetch(settings: Settings, reference: ImageReference,
            writer: ImageWriter, destination: Path) -> None:
-    client = _client(settings, reference)
+    try:
+        client = _client(settings, reference)
+    except BaseException:
+        # The writer already holds a temporary file or directory, and
+        # pipeline.run, which cleans up after failures, never started.
+        writer.abort()
+        raise
     try:
         source = RegistryInput(client, reference, settings.platform,
                                settings.platform_required)

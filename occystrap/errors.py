@@ -8,6 +8,7 @@
      │    ├── NotFound               404 for a repository, tag or blob
      │    └── RateLimited            429 with a wait too long to sit out
      ├── RegistryUnreachable     DNS, connection, TLS or timeout failures
+     ├── ConfigurationError      a CA file, docker config or credential helper is unusable
      ├── ManifestError           malformed, ambiguous or unsupported manifest/config
      ├── PlatformNotFound        an index holds no manifest for the platform asked for
      ├── VerificationError       a digest or size does not match what was promised
@@ -52,6 +53,10 @@ class RateLimited(RegistryError):
 
 
 class RegistryUnreachable(OccystrapError):
+    pass
+
+
+class ConfigurationError(OccystrapError):
     pass
 
 

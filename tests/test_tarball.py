@@ -16,8 +16,7 @@ from occystrap.outputs.tarball import TarballWriter
 
 
 def _layers(count):
-    tars = [ib.tar_bytes([ib.file(f"f{n}", ib.random_bytes(3000 + n * 1500,
-                                                            n))])
+    tars = [ib.tar_bytes([ib.file(f"f{n}", ib.random_bytes(3000 + n * 1500, n))])
             for n in range(count)]
     layers = [Layer(n, Digest.of(tar)) for n, tar in enumerate(tars)]
     config = json.dumps({"rootfs": {"type": "layers", "diff_ids": [
