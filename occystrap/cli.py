@@ -22,6 +22,7 @@ from occystrap.outputs.directory import DirectoryWriter
 from occystrap.outputs.tarball import TarballWriter
 from occystrap.reference import ImageReference
 from occystrap.registry import RegistryClient, TransportOptions
+from occystrap.terminal import ProgressDisplay, human_size
 from occystrap.tls import DEFAULT_CERTS_D
 
 LOG = logging.getLogger("occystrap")
@@ -35,6 +36,8 @@ class Settings:
     """What the group's options decide for every command."""
 
     verbose: bool
+    quiet: bool
+    progress: bool
     parallel: int
     platform: Platform
     platform_required: bool
@@ -125,12 +128,17 @@ def _platform(ctx, param, value):
 @click.option("-j", "--parallel", type=click.IntRange(min=1, max=32),
               default=pipeline.DEFAULT_PARALLEL, show_default=True,
               help="Layers to download at once.")
+@click.option("--progress/--no-progress", default=None,
+              help="Draw progress bars (default: when stderr is a "
+                   "terminal).")
+@click.option("-q", "--quiet", is_flag=True,
+              help="Print errors only.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Show each step, and a traceback on errors.")
 @click.pass_context
 def cli(ctx, platform, os_, architecture, variant, username, password,
         password_stdin, insecure, ca_cert, certs_d, timeout, retries,
-        retry_delay, parallel, verbose):
+        retry_delay, parallel, progress, quiet, verbose):
     """Fetch container images from registries, without Docker or root.
 
     \b
@@ -139,7 +147,11 @@ def cli(ctx, platform, os_, architecture, variant, username, password,
           latest busybox.tar
       docker load -i busybox.tar
     """
-    _configure_logging(verbose)
+    if quiet and verbose:
+        raise click.UsageError("--quiet and --verbose contradict each other")
+    _configure_logging(verbose, quiet)
+    if progress is None:
+        progress = not quiet and sys.stderr.isatty()
     explicit = platform is not None or any((os_, architecture, variant))
     if platform is None:
         platform = Platform(os_ or "linux", architecture or "amd64", variant)
@@ -147,6 +159,8 @@ def cli(ctx, platform, os_, architecture, variant, username, password,
                                         password_stdin)
     ctx.obj = Settings(
         verbose=verbose,
+        quiet=quiet,
+        progress=progress,
         parallel=parallel,
         platform=platform,
         platform_required=explicit,
@@ -189,14 +203,15 @@ def _explicit_credentials(ctx: click.Context, username: str | None,
     return Credentials(username, password, source=source)
 
 
-def _configure_logging(verbose: bool) -> None:
+def _configure_logging(verbose: bool, quiet: bool) -> None:
     """One handler on our logger, writing to the current stderr."""
     for handler in list(LOG.handlers):
         LOG.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     LOG.addHandler(handler)
-    LOG.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    LOG.setLevel(logging.DEBUG if verbose
+                 else logging.ERROR if quiet else logging.WARNING)
     LOG.propagate = False
 
 
@@ -210,24 +225,36 @@ def _client(settings: Settings, reference: ImageReference) -> RegistryClient:
                           credentials)
 
 
-def _report_done(summary: pipeline.Summary, destination: Path) -> None:
+def _run(settings: Settings, source, writer: ImageWriter,
+         destination: Path) -> None:
+    """Run the pipeline with progress drawn and a summary said, as asked."""
+    display = ProgressDisplay(sys.stderr) if settings.progress else None
+    try:
+        summary = pipeline.run(source, writer, report=display or _ignore,
+                               parallel=settings.parallel)
+    finally:
+        if display:
+            display.close()
+    if not settings.quiet:
+        click.echo(_summary(summary, destination), err=True)
+
+
+def _ignore(event) -> None:
+    pass
+
+
+def _summary(summary: pipeline.Summary, destination: Path) -> str:
     image = summary.image
     name = image.repo_tag or f"{image.repository}@{image.tag}"
+    digest = f"{image.manifest_digest}, " if image.manifest_digest else ""
+    sizes = [layer.size for layer in image.layers]
     skipped = (f", {summary.layers_skipped} already present"
                if summary.layers_skipped else "")
-    click.echo(
-        f"Saved {name} ({image.platform}, {len(image.layers)} layers"
-        f"{skipped}, {_size(summary.bytes_transferred)} read in "
-        f"{summary.seconds:.1f}s) to {destination}", err=True)
-
-
-def _size(count: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "B" \
-                else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count} B"
+    total = (f" of {human_size(sum(sizes))}"
+             if all(size is not None for size in sizes) else "")
+    return (f"Saved {name} ({digest}{image.platform}, {len(image.layers)} "
+            f"layers{skipped}; {human_size(summary.bytes_transferred)}"
+            f"{total} read in {summary.seconds:.1f}s) to {destination}")
 
 
 @cli.command("fetch-to-tarfile")
@@ -298,10 +325,8 @@ def recreate_image(settings: Settings, directory, image, tag, tarfile):
       occystrap recreate-image merged_images homeassistant/home-assistant \\
           latest ha-latest.tar
     """
-    source = DirectoryInput(directory, image, tag)
-    summary = pipeline.run(source, TarballWriter(tarfile),
-                           parallel=settings.parallel)
-    _report_done(summary, tarfile)
+    _run(settings, DirectoryInput(directory, image, tag),
+         TarballWriter(tarfile), tarfile)
 
 
 def _fetch(settings: Settings, reference: ImageReference,
@@ -316,10 +341,9 @@ def _fetch(settings: Settings, reference: ImageReference,
     try:
         source = RegistryInput(client, reference, settings.platform,
                                settings.platform_required)
-        summary = pipeline.run(source, writer, parallel=settings.parallel)
+        _run(settings, source, writer, destination)
     finally:
         client.close()
-    _report_done(summary, destination)
 
 
 def main() -> None:
