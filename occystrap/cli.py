@@ -7,6 +7,7 @@ import re
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,14 +17,15 @@ from occystrap.credentials import (
 from occystrap.errors import OccystrapError
 from occystrap.image import ImageWriter
 from occystrap.inputs.directory import DirectoryInput
-from occystrap.inputs.registry import RegistryInput
 from occystrap.manifest import Platform
 from occystrap.outputs.directory import DirectoryWriter
 from occystrap.outputs.tarball import TarballWriter
 from occystrap.reference import ImageReference
-from occystrap.registry import RegistryClient, TransportOptions
 from occystrap.terminal import ProgressDisplay, human_size
 from occystrap.tls import DEFAULT_CERTS_D
+
+if TYPE_CHECKING:
+    from occystrap.registry import TransportOptions
 
 LOG = logging.getLogger("occystrap")
 # A query string may be a signature (signed blob URLs carry their authority
@@ -41,7 +43,7 @@ class Settings:
     parallel: int
     platform: Platform
     platform_required: bool
-    transport: TransportOptions
+    transport: "TransportOptions"
     credentials: Credentials | None
 
 
@@ -95,7 +97,8 @@ def _platform(ctx, param, value):
 @click.option("--platform", callback=_platform, metavar="OS/ARCH[/VARIANT]",
               help="Platform to pick from a multi-platform image, like "
                    "docker's --platform (default linux/amd64).")
-@click.option("--os", "os_", default=None, help="Platform OS (default linux).")
+@click.option("--os", "os_", default=None, envvar="OCCYSTRAP_OS",
+              help="Platform OS (default linux).")
 @click.option("--architecture", default=None,
               help="Platform architecture (default amd64).")
 @click.option("--variant", default=None, help="Platform variant, e.g. v8.")
@@ -157,6 +160,8 @@ def cli(ctx, platform, os_, architecture, variant, username, password,
         platform = Platform(os_ or "linux", architecture or "amd64", variant)
     credentials = _explicit_credentials(ctx, username, password,
                                         password_stdin)
+    # Here, not at the top: requests is slow to import, --help should not be.
+    from occystrap.registry import TransportOptions
     ctx.obj = Settings(
         verbose=verbose,
         quiet=quiet,
@@ -173,6 +178,13 @@ def cli(ctx, platform, os_, architecture, variant, username, password,
             give_up_after=max(90.0, 3 * timeout),
             retries=retries, backoff=retry_delay),
         credentials=credentials)
+
+
+# Scripts set global options once, as OCCYSTRAP_<OPTION>: say so in --help.
+for _option in cli.params:
+    if isinstance(_option, click.Option) and _option.name not in (
+            "version", "help"):
+        _option.show_envvar = True
 
 
 def _explicit_credentials(ctx: click.Context, username: str | None,
@@ -215,7 +227,8 @@ def _configure_logging(verbose: bool, quiet: bool) -> None:
     LOG.propagate = False
 
 
-def _client(settings: Settings, reference: ImageReference) -> RegistryClient:
+def _client(settings: Settings, reference: ImageReference):
+    from occystrap.registry import RegistryClient
     credentials: Credentials | CredentialSource | None = settings.credentials
     if credentials is None:
         # Read only if the registry asks: public pulls never run helpers.
@@ -338,6 +351,7 @@ def _fetch(settings: Settings, reference: ImageReference,
         # pipeline.run, which cleans up after failures, never started.
         writer.abort()
         raise
+    from occystrap.inputs.registry import RegistryInput
     try:
         source = RegistryInput(client, reference, settings.platform,
                                settings.platform_required)

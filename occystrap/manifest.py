@@ -16,6 +16,9 @@ DOCKER_SCHEMA1 = ("application/vnd.docker.distribution.manifest.v1+json",
 IMAGE_MANIFESTS = (DOCKER_MANIFEST, OCI_MANIFEST)
 INDEXES = (DOCKER_LIST, OCI_INDEX)
 ACCEPT = ", ".join(IMAGE_MANIFESTS + INDEXES)
+# The distribution spec suggests registries accept manifests up to 4 MiB.
+MAX_MANIFEST_SIZE = 4 << 20
+MAX_CONFIG_SIZE = 16 << 20
 
 CONFIG_TYPES = ("application/vnd.docker.container.image.v1+json",
                 "application/vnd.oci.image.config.v1+json")

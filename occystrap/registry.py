@@ -19,15 +19,13 @@ from occystrap.digest import Digest, verify
 from occystrap.errors import (
     AccessDenied, NotFound, RateLimited, RegistryError, RegistryUnreachable,
     VerificationError)
-from occystrap.manifest import ACCEPT, Descriptor
+from occystrap.manifest import (
+    ACCEPT, MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE, Descriptor)
 from occystrap.reference import Registry
 
 LOG = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1 << 20
-# The distribution spec suggests registries accept manifests up to 4 MiB.
-MAX_MANIFEST_SIZE = 4 << 20
-MAX_CONFIG_SIZE = 16 << 20
 _RETRY_STATUSES = {408, 429, 500, 502, 503, 504}
 _MAX_REDIRECTS = 5
 # Errors worth retrying: the link or the server had a moment.

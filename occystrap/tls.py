@@ -7,9 +7,6 @@ import urllib.parse
 from pathlib import Path
 from typing import Mapping
 
-import requests.certs
-import urllib3
-
 from occystrap.errors import ConfigurationError
 from occystrap.reference import Registry
 
@@ -42,6 +39,7 @@ class TrustStore:
             LOG.warning("not verifying the TLS certificate of %s "
                         "(--insecure): anyone on the path can read and "
                         "alter what is fetched", host)
+            import urllib3
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
             self.verify: bool | str = False
             return
@@ -81,6 +79,7 @@ def default_bundle(environ: Mapping[str, str]) -> str:
     for name in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE"):
         if environ.get(name):
             return environ[name]
+    import requests.certs  # not at import: keeps `occystrap --help` quick
     return requests.certs.where()
 
 

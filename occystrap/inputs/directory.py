@@ -9,8 +9,7 @@ from occystrap.digest import Digest, verify
 from occystrap.errors import ManifestError, StoreError, VerificationError
 from occystrap.fsutil import file_chunks
 from occystrap.image import Image, Layer
-from occystrap.manifest import parse_config
-from occystrap.registry import MAX_CONFIG_SIZE
+from occystrap.manifest import MAX_CONFIG_SIZE, parse_config
 from occystrap.store import Store, single_manifest
 
 _CONFIG_NAME = re.compile(r"^([a-f0-9]{64})\.json$")
