@@ -1,0 +1,224 @@
+"""Speed and memory of occystrap against skopeo (+ umoci), on loopback.
+
+Starts the real distribution registry in a temporary directory, pushes a
+deterministic 8-layer image (1 GiB as tar, half random and half
+compressible content) and a 2 GiB single-layer image, then runs each tool
+alternately (A B A B ...) and prints median wall time, the ratio, and peak
+RSS. Every output is loaded with podman afterwards, so speed can never come
+from skipping work.
+
+    python benchmarks/bench.py [--runs 3] [--keep DIR]
+"""
+
+import argparse
+import concurrent.futures
+import io
+import multiprocessing
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+import imagebuild as ib  # noqa: E402
+from conftest import Podman, start_registry  # noqa: E402
+
+MIB = 1 << 20
+WORDS = [b"%x" % random.Random(7).getrandbits(40) for _ in range(4096)]
+
+
+def compressible(size: int, seed: int) -> bytes:
+    """Text that gzip shrinks to about a quarter, like binaries and docs."""
+    rng = random.Random(seed)
+    out = io.BytesIO()
+    while out.tell() < size:
+        out.write(b" ".join(rng.choices(WORDS, k=12)) + b"\n")
+    return out.getvalue()[:size]
+
+
+def random_content(size: int, seed: int) -> bytes:
+    rng = random.Random(seed)
+    # randbytes takes at most 256 MiB at a time.
+    return b"".join(rng.randbytes(min(64 * MIB, size - done))
+                    for done in range(0, size, 64 * MIB))
+
+
+def layer_tar(parts: list[tuple[str, bytes]]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in parts:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 1600000000
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def gzip_layer(args: tuple[int, int, int]) -> ib.Layer:
+    index, random_size, text_size = args
+    level = 6 if random_size <= 256 * MIB else 1  # the 2 GiB image is for memory
+    tar = layer_tar([
+        (f"layer{index}/random.bin", random_content(random_size, index)),
+        (f"layer{index}/text.txt", compressible(text_size, index)),
+    ])
+    squeezer = zlib.compressobj(level, zlib.DEFLATED, 31)
+    blob = squeezer.compress(tar) + squeezer.flush()
+    return ib.Layer(tar, blob, ib.DOCKER_LAYER_GZIP, ib.sha256(blob), ib.sha256(tar), len(blob))
+
+
+def build_images() -> dict[str, ib.Image]:
+    with concurrent.futures.ProcessPoolExecutor(2) as pool:
+        eight = pool.map(gzip_layer, [(i, 64 * MIB, 64 * MIB) for i in range(8)])
+        big = pool.submit(gzip_layer, (100, 1024 * MIB, 1024 * MIB))
+        eight = list(eight)
+        big = big.result()
+    return {"8x128MiB": ib.make_image(eight), "1x2GiB": ib.make_image([big])}
+
+
+def push_images(url: str) -> None:
+    for name, image in build_images().items():
+        ib.push_image(url, "bench/" + name.lower(), image, "v1")
+
+
+def measure(command: list[str], env: dict | None = None) -> tuple[float, int]:
+    """Wall seconds and peak RSS (bytes) of one run of command."""
+    started = time.monotonic()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, env=env)
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.monotonic() - started
+    error = process.stderr.read().decode(errors="replace")
+    process.stderr.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{error}")
+    return elapsed, usage.ru_maxrss * 1024
+
+
+def compare(title: str, commands: dict[str, callable], runs: int) -> dict:
+    results = {name: [] for name in commands}
+    for _ in range(runs):
+        for name, make in commands.items():
+            results[name].append(measure(make()))
+    names = list(commands)
+    medians = {n: statistics.median(t for t, _ in results[n]) for n in names}
+    peaks = {n: max(r for _, r in results[n]) for n in names}
+    ours, peer = names
+    print(f"\n{title}")
+    for n in names:
+        times = " ".join(f"{t:.2f}" for t, _ in results[n])
+        print(f"  {n:<28} median {medians[n]:6.2f}s  peak RSS {peaks[n] / MIB:6.1f} MiB"
+              f"  (runs: {times})")
+    print(f"  ratio {ours}/{peer}: {medians[ours] / medians[peer]:.2f}")
+    return {"ratio": medians[ours] / medians[peer], "peak": peaks[ours]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--parallel", type=int, default=None,
+                        help="pass -j N to occystrap")
+    parser.add_argument("--skip-big", action="store_true",
+                        help="skip the 2 GiB single-layer image")
+    options = parser.parse_args()
+    occystrap = [sys.executable, "-m", "occystrap"]
+    if options.parallel:
+        occystrap += ["--parallel", str(options.parallel)]
+    work = Path(tempfile.mkdtemp(prefix="occystrap-bench-"))
+    try:
+        with start_registry(work / "registry") as registry:
+            print("building and pushing images ...", flush=True)
+            # In a separate process: a child forked from a parent holding
+            # gigabytes of image data would report that as its peak RSS.
+            builder = multiprocessing.get_context("spawn").Process(
+                target=push_images, args=(registry.url,))
+            builder.start()
+            builder.join()
+            if builder.exitcode != 0:
+                raise SystemExit("building the benchmark images failed")
+            run_cases(registry, occystrap, work, options)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_cases(registry, occystrap, work: Path, options) -> None:
+    skopeo = ["skopeo", "--insecure-policy", "copy", "--quiet", "--src-tls-verify=false"]
+    out = work / "out"
+    out.mkdir()
+    summary = []
+    names = ["8x128mib"] + ([] if options.skip_big else ["1x2gib"])
+    for name in names:
+        repo = f"bench/{name}"
+        ours_tar, peer_tar = out / f"{name}-occystrap.tar", out / f"{name}-skopeo.tar"
+
+        def peer():
+            peer_tar.unlink(missing_ok=True)
+            return [*skopeo, f"docker://{registry.host}/{repo}:v1",
+                    f"docker-archive:{peer_tar}:{repo}:v1"]
+
+        result = compare(f"fetch-to-tarfile {name}", {
+            "occystrap fetch-to-tarfile": lambda: [
+                *occystrap, "fetch-to-tarfile", registry.host, repo, "v1", str(ours_tar)],
+            "skopeo copy docker-archive:": peer,
+        }, options.runs)
+        summary.append((f"tarfile {name}", result))
+        check_loads(work, ours_tar, peer_tar)
+
+    repo = "bench/8x128mib"
+    expanded, oci, bundle = out / "expanded", out / "oci", out / "bundle"
+
+    def ours_expand():
+        shutil.rmtree(expanded, ignore_errors=True)
+        return [*occystrap, "fetch-to-extracted", "--expand", registry.host, repo, "v1",
+                str(expanded)]
+
+    def peer_expand():
+        shutil.rmtree(oci, ignore_errors=True)
+        shutil.rmtree(bundle, ignore_errors=True)
+        script = (f"{' '.join(skopeo)} docker://{registry.host}/{repo}:v1 oci:{oci}:v1 && "
+                  f"umoci unpack --image {oci}:v1 {bundle}")
+        return ["sh", "-c", script]
+
+    if expand_supported(occystrap):
+        result = compare("fetch-to-extracted --expand 8x128mib", {
+            "occystrap --expand": ours_expand,
+            "skopeo copy oci: + umoci unpack": peer_expand,
+        }, options.runs)
+        summary.append(("expand 8x128mib", result))
+
+    print("\nsummary")
+    for title, result in summary:
+        print(f"  {title:<22} ratio {result['ratio']:.2f}  occystrap peak RSS "
+              f"{result['peak'] / MIB:.1f} MiB")
+
+
+def expand_supported(occystrap: list[str]) -> bool:
+    help_text = subprocess.run([*occystrap, "fetch-to-extracted", "--help"],
+                               capture_output=True, text=True).stdout
+    return "--expand" in help_text
+
+
+def check_loads(work: Path, *tarballs: Path) -> None:
+    """Load each output with podman, so no tool gets credit for skipping work."""
+    root = Path(tempfile.mkdtemp(prefix="pm", dir="/tmp"))
+    try:
+        (root / "tmp").mkdir()
+        podman = Podman(shutil.which("podman"), root)
+        for tarball in tarballs:
+            names = podman.load(tarball)
+            print(f"  podman load {tarball.name}: {', '.join(names)}")
+            podman.run("rmi", "--all", "--force")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
