@@ -152,7 +152,7 @@ def cli(ctx, platform, os_, architecture, variant, username, password,
     """
     if quiet and verbose:
         raise click.UsageError("--quiet and --verbose contradict each other")
-    _configure_logging(verbose, quiet)
+    ctx.call_on_close(_configure_logging(verbose, quiet))
     if progress is None:
         progress = not quiet and sys.stderr.isatty()
     explicit = platform is not None or any((os_, architecture, variant))
@@ -215,16 +215,25 @@ def _explicit_credentials(ctx: click.Context, username: str | None,
     return Credentials(username, password, source=source)
 
 
-def _configure_logging(verbose: bool, quiet: bool) -> None:
-    """One handler on our logger, writing to the current stderr."""
-    for handler in list(LOG.handlers):
-        LOG.removeHandler(handler)
+def _configure_logging(verbose: bool, quiet: bool):
+    """One handler on our logger, writing to the current stderr.
+
+    Returns what undoes it, so that running the command in-process (as
+    tests and other programs do) leaves logging as it found it.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    before = LOG.level, LOG.propagate
     LOG.addHandler(handler)
     LOG.setLevel(logging.DEBUG if verbose
                  else logging.ERROR if quiet else logging.WARNING)
     LOG.propagate = False
+
+    def restore() -> None:
+        LOG.removeHandler(handler)
+        LOG.setLevel(before[0])
+        LOG.propagate = before[1]
+    return restore
 
 
 def _client(settings: Settings, reference: ImageReference):
@@ -294,14 +303,18 @@ def fetch_to_tarfile(settings: Settings, registry, image, tag, tarfile):
 @click.option("--use-unique-names", is_flag=True,
               help="Share DIR between many images: unique manifest names, "
                    "layers stored once, and a catalog.json.")
+@click.option("--expand", is_flag=True,
+              help="Also unpack each layer beside its layer.tar, and build "
+                   "the image's final filesystem (layers applied, whiteouts "
+                   "processed) in a directory named like its manifest.")
 @click.argument("registry")
 @click.argument("image")
 @click.argument("tag")
 @click.argument("directory", metavar="DIR",
                 type=click.Path(file_okay=False, path_type=Path))
 @pass_settings
-def fetch_to_extracted(settings: Settings, use_unique_names, registry, image,
-                       tag, directory):
+def fetch_to_extracted(settings: Settings, use_unique_names, expand,
+                       registry, image, tag, directory):
     """Download an image's elements into a directory.
 
     DIR then holds what the tarball would (manifest.json, the config, one
@@ -315,10 +328,12 @@ def fetch_to_extracted(settings: Settings, use_unique_names, registry, image,
           centos7
       occystrap fetch-to-extracted --use-unique-names registry-1.docker.io \\
           homeassistant/home-assistant stable merged_images
+      occystrap fetch-to-extracted --expand quay.io \\
+          ukhomeofficedigital/centos-base latest ukhomeoffice-centos
     """
     reference = ImageReference.parse(registry, image, tag)
-    _fetch(settings, reference, DirectoryWriter(directory, use_unique_names),
-           directory)
+    _fetch(settings, reference,
+           DirectoryWriter(directory, use_unique_names, expand), directory)
 
 
 @cli.command("recreate-image")

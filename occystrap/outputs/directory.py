@@ -15,6 +15,7 @@ from occystrap.errors import OutputError
 from occystrap.fsutil import (
     current_umask, output_errors, temp_path, write_atomic)
 from occystrap.image import Image, Layer
+from occystrap.outputs.expand import build_filesystem, expand_layer
 from occystrap.store import (
     LOCK, Store, single_manifest, single_repo_tags)
 
@@ -22,12 +23,19 @@ from occystrap.store import (
 class DirectoryWriter:
     wants_size_hints = False
 
-    def __init__(self, path: Path, unique_names: bool) -> None:
+    def __init__(self, path: Path, unique_names: bool,
+                 expand: bool = False) -> None:
         self.path = path
         self._unique = unique_names
+        self._expand = expand
         self._staging: Path | None = None
         self._created = False
+        # An existing empty directory, filled in place: on failure, emptied.
+        self._was_empty = False
         self._written: list[Path] = []
+        self._layer_dirs: list[Path] = []
+        # Layers still being written, by threads abort may not outwait.
+        self._temps: set[Path] = set()
         with output_errors(path):
             self._prepare()
         self._store = Store(self._staging or path)
@@ -56,6 +64,7 @@ class DirectoryWriter:
             raise OutputError(
                 f"{path} is not empty and is not an occystrap directory; "
                 "choose a new or empty directory")
+        self._was_empty = not any(path.iterdir())
 
     def _prepare_shared(self) -> None:
         path = self.path
@@ -103,7 +112,10 @@ class DirectoryWriter:
         target = self._store.layer_tar(layer.diff_id)
         with output_errors(target):
             target.parent.mkdir(exist_ok=True)
+            # Even a layer that fails leaves its directory: abort removes it.
+            self._layer_dirs.append(target.parent)
             temp = temp_path(target)
+            self._temps.add(temp)
             try:
                 with open(temp, "wb") as f:
                     for chunk in chunks:
@@ -116,9 +128,13 @@ class DirectoryWriter:
             except BaseException:
                 temp.unlink(missing_ok=True)
                 raise
+            finally:
+                self._temps.discard(temp)
             version = target.parent / "VERSION"
             if not version.exists():
                 write_atomic(version, dockersave.LAYER_VERSION)
+        if self._expand:
+            expand_layer(target)
 
     def commit(self, image: Image) -> None:
         root = self.root
@@ -134,10 +150,21 @@ class DirectoryWriter:
             config = self._store.config_file(image.config_digest)
             if not config.exists():
                 write_atomic(config, image.config)
+            if self._expand:
+                # Layers found already present were not expanded yet.
+                for diff_id in described:
+                    expand_layer(self._store.layer_tar(diff_id))
             if self._unique:
-                self._store.add_image(image.repository, image.tag,
-                                      dockersave.manifest_json(image))
+                name = self._store.add_image(image.repository, image.tag,
+                                             dockersave.manifest_json(image))
+                if self._expand:
+                    build_filesystem(root, image,
+                                     root / name.removesuffix(".json"))
                 return
+            if self._expand:
+                build_filesystem(root, image,
+                                 root / dockersave.MANIFEST.removesuffix(
+                                     ".json"))
             repositories = dockersave.repositories_json(image)
             if repositories:
                 write_atomic(root / dockersave.REPOSITORIES, repositories)
@@ -152,16 +179,23 @@ class DirectoryWriter:
         if self._staging:
             shutil.rmtree(self._staging, ignore_errors=True)
             self._staging = None
-        elif self._created:
+            return
+        # Layers cut short (Ctrl-C may not wait for their threads) leave
+        # neither a temporary file nor an empty layer directory.
+        for temp in list(self._temps):
+            temp.unlink(missing_ok=True)
+        if self._created or self._was_empty:
             # Leave no trace in the directory we made, but spare whatever a
             # concurrent fetch into it may have written meanwhile.
             for layer in self._written:
                 for path in (layer, layer.parent / "VERSION"):
                     path.unlink(missing_ok=True)
-                _rmdir_if_empty(layer.parent)
-            if [p.name for p in self.path.iterdir()] == [LOCK]:
-                (self.path / LOCK).unlink(missing_ok=True)
-                _rmdir_if_empty(self.path)
+        for directory in self._layer_dirs:
+            _rmdir_if_empty(directory)
+        if self._created \
+                and [p.name for p in self.path.iterdir()] == [LOCK]:
+            (self.path / LOCK).unlink(missing_ok=True)
+            _rmdir_if_empty(self.path)
 
 
 def _rmdir_if_empty(path: Path) -> None:
