@@ -75,18 +75,49 @@ def gzip_layer(args: tuple[int, int, int]) -> ib.Layer:
     return ib.Layer(tar, blob, ib.DOCKER_LAYER_GZIP, ib.sha256(blob), ib.sha256(tar), len(blob))
 
 
+# Real trees from this machine stand in for a distribution's root filesystem:
+# tens of thousands of entries, with symlinks and hardlinks as they are.
+ROOTFS_LAYERS = [
+    ["etc", "usr/lib/python3.11"],
+    ["usr/share/zoneinfo", "usr/share/perl", "usr/lib/x86_64-linux-gnu/perl-base"],
+    ["usr/share/doc"],
+    ["usr/include"],
+]
+
+
+def rootfs_layer(tops: list[str]) -> ib.Layer:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for top in tops:
+            if os.path.isdir("/" + top):
+                tar.add("/" + top, arcname=top)
+    data = buffer.getvalue()
+    blob = zlib.compressobj(6, zlib.DEFLATED, 31)
+    blob = blob.compress(data) + blob.flush()
+    return ib.Layer(data, blob, ib.DOCKER_LAYER_GZIP, ib.sha256(blob), ib.sha256(data),
+                    len(blob))
+
+
 def build_images() -> dict[str, ib.Image]:
     with concurrent.futures.ProcessPoolExecutor(2) as pool:
         eight = pool.map(gzip_layer, [(i, 64 * MIB, 64 * MIB) for i in range(8)])
         big = pool.submit(gzip_layer, (100, 1024 * MIB, 1024 * MIB))
+        rootfs = pool.map(rootfs_layer, ROOTFS_LAYERS)
         eight = list(eight)
         big = big.result()
-    return {"8x128MiB": ib.make_image(eight), "1x2GiB": ib.make_image([big])}
+        rootfs = list(rootfs)
+    return {"8x128MiB": ib.make_image(eight), "1x2GiB": ib.make_image([big]),
+            "rootfs": ib.make_image(rootfs)}
 
 
 def push_images(url: str) -> None:
-    for name, image in build_images().items():
+    images = build_images()
+    for name, image in images.items():
         ib.push_image(url, "bench/" + name.lower(), image, "v1")
+    # A second image sharing the first seven layers, for the merged case.
+    eight = images["8x128MiB"]
+    sibling = ib.make_image([*eight.layers[:7], gzip_layer((50, 8 * MIB, 8 * MIB))])
+    ib.push_image(url, "bench/8x128mib", sibling, "v2")
 
 
 def measure(command: list[str], env: dict | None = None) -> tuple[float, int]:
@@ -172,7 +203,7 @@ def run_cases(registry, occystrap, work: Path, options) -> None:
         summary.append((f"tarfile {name}", result))
         check_loads(work, ours_tar, peer_tar)
 
-    repo = "bench/8x128mib"
+    repo = "bench/rootfs"
     expanded, oci, bundle = out / "expanded", out / "oci", out / "bundle"
 
     def ours_expand():
@@ -188,11 +219,23 @@ def run_cases(registry, occystrap, work: Path, options) -> None:
         return ["sh", "-c", script]
 
     if expand_supported(occystrap):
-        result = compare("fetch-to-extracted --expand 8x128mib", {
+        result = compare("fetch-to-extracted --expand rootfs", {
             "occystrap --expand": ours_expand,
             "skopeo copy oci: + umoci unpack": peer_expand,
         }, options.runs)
-        summary.append(("expand 8x128mib", result))
+        summary.append(("expand rootfs", result))
+
+    repo = "bench/8x128mib"
+    merged = out / "merged"
+    said = []
+    for tag in ("v1", "v2"):
+        done = subprocess.run([*occystrap, "fetch-to-extracted", "--use-unique-names",
+                               registry.host, repo, tag, str(merged)],
+                              capture_output=True, text=True, check=True)
+        said.append(done.stderr.strip().splitlines()[-1])
+    print("\nshared directory: the second image shares 7 of its 8 layers")
+    for line in said:
+        print(f"  {line}")
 
     print("\nsummary")
     for title, result in summary:

@@ -199,7 +199,7 @@ def _explicit_credentials(ctx: click.Context, username: str | None,
         if not username:
             raise click.UsageError("--password-stdin needs --username")
         # As docker login: one trailing newline (or CRLF) is not part of it.
-        password = click.get_text_stream("stdin").read()
+        password = sys.stdin.read()
         password = password.removesuffix("\n").removesuffix("\r")
         if not password:
             raise click.UsageError("--password-stdin read an empty password")
