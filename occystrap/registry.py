@@ -428,6 +428,9 @@ class RegistryClient:
         """
         hasher = descriptor.digest.hasher()
         failures = 0
+        # Where the last failure left us: a link that drops now and then
+        # but makes real progress in between may keep resuming a big blob.
+        reached = 0
         path = f"{repository}/blobs/{descriptor.digest}"
         what = f"blob {descriptor.digest.short()} of {repository}"
         # Moves on with every byte: only time without progress counts.
@@ -461,7 +464,8 @@ class RegistryClient:
                     deadline = time.monotonic() + self.options.give_up_after
                     yield chunk
             except _TRANSIENT as e:
-                failures += 1
+                failures = _failures_after(failures, reached, hasher.size)
+                reached = hasher.size
                 if failures > self.options.retries or _past(deadline):
                     raise RegistryUnreachable(
                         f"download of {what} kept failing after "
@@ -474,7 +478,8 @@ class RegistryClient:
             finally:
                 response.close()
             if hasher.size < descriptor.size:
-                failures += 1
+                failures = _failures_after(failures, reached, hasher.size)
+                reached = hasher.size
                 if failures > self.options.retries:
                     raise VerificationError(
                         f"{what} ended after {hasher.size} of "
@@ -508,6 +513,11 @@ class RegistryClient:
         raise RegistryError(
             f"{what}: unexpected HTTP {status}", status,
             _redact(response.url))
+
+
+def _failures_after(failures: int, reached: int, now: int) -> int:
+    """Count a failure; progress of a chunk or more since the last forgives."""
+    return 1 if now - reached >= CHUNK_SIZE else failures + 1
 
 
 def _expect_ok(response: requests.Response, what: str) -> None:
