@@ -2,4 +2,6 @@
 
 from occystrap.cli import main
 
-main()
+# Guarded: worker processes (spawned for --expand) import this module too.
+if __name__ == "__main__":
+    main()

@@ -120,6 +120,22 @@ def test_unusable_layer_fails_cleanly(registry, repo, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_unusable_layer_leaves_a_shared_directory_as_it_was(registry, repo, tmp_path):
+    _push(registry, repo, [make_layer(reg("fine", b"ok"))], tag="good")
+    _push(registry, repo, [make_layer(sym("loop", "loop"), reg("loop/x", b"x"))],
+          tag="bad")
+    merged = tmp_path / "merged"
+    flags = ["fetch-to-extracted", "--expand", "--use-unique-names", registry.host, repo]
+    assert occystrap(*flags, "good", str(merged)).exit_code == 0
+    catalog = (merged / "catalog.json").read_bytes()
+    result = occystrap(*flags, "bad", str(merged))
+    assert result.exit_code == 1 and "loop" in result.stderr
+    assert (merged / "catalog.json").read_bytes() == catalog
+    assert sorted(p.name for p in merged.iterdir() if p.name.startswith("manifest-")) == [
+        f"manifest-{repo.replace('/', '_')}-good", f"manifest-{repo.replace('/', '_')}-good.json"]
+    assert not [p for p in merged.iterdir() if p.name.endswith(".tmp")]
+
+
 @pytest.mark.parametrize("unique", [False, True])
 def test_fetching_again_rebuilds_the_tree(registry, repo, tmp_path, unique):
     flags = ["--use-unique-names"] if unique else []

@@ -15,7 +15,7 @@ from occystrap.errors import OutputError
 from occystrap.fsutil import (
     current_umask, output_errors, temp_path, write_atomic)
 from occystrap.image import Image, Layer
-from occystrap.outputs.expand import build_filesystem, expand_layer
+from occystrap.outputs.expand import Expander
 from occystrap.store import (
     LOCK, Store, single_manifest, single_repo_tags)
 
@@ -28,6 +28,7 @@ class DirectoryWriter:
         self.path = path
         self._unique = unique_names
         self._expand = expand
+        self._expander: Expander | None = None
         self._staging: Path | None = None
         self._created = False
         # An existing empty directory, filled in place: on failure, emptied.
@@ -89,6 +90,12 @@ class DirectoryWriter:
         return self._staging or self.path
 
     def begin(self, image: Image) -> None:
+        self._check_same_image(image)
+        if self._expand:
+            with output_errors(self.path):
+                self._expander = Expander(self.root, image)
+
+    def _check_same_image(self, image: Image) -> None:
         if self._unique or self._staging:
             return
         manifest = self.path / dockersave.MANIFEST
@@ -103,7 +110,8 @@ class DirectoryWriter:
                 "--use-unique-names to keep several images in one")
 
     def plan(self, layers: list[tuple[Layer, int | None]]) -> None:
-        pass
+        if self._expander:
+            self._expander.present_except({layer.diff_id for layer, _ in layers})
 
     def has_layer(self, layer: Layer) -> bool:
         return self._store.has_layer(layer.diff_id)
@@ -133,8 +141,8 @@ class DirectoryWriter:
             version = target.parent / "VERSION"
             if not version.exists():
                 write_atomic(version, dockersave.LAYER_VERSION)
-        if self._expand:
-            expand_layer(target)
+        if self._expander:
+            self._expander.ready(layer.diff_id)
 
     def commit(self, image: Image) -> None:
         root = self.root
@@ -150,21 +158,19 @@ class DirectoryWriter:
             config = self._store.config_file(image.config_digest)
             if not config.exists():
                 write_atomic(config, image.config)
-            if self._expand:
-                # Layers found already present were not expanded yet.
-                for diff_id in described:
-                    expand_layer(self._store.layer_tar(diff_id))
+            if self._expander:
+                # Before the image is catalogued: a layer that cannot be
+                # unpacked fails the whole fetch.
+                self._expander.wait()
             if self._unique:
                 name = self._store.add_image(image.repository, image.tag,
                                              dockersave.manifest_json(image))
-                if self._expand:
-                    build_filesystem(root, image,
-                                     root / name.removesuffix(".json"))
+                if self._expander:
+                    self._expander.place(root / name.removesuffix(".json"))
                 return
-            if self._expand:
-                build_filesystem(root, image,
-                                 root / dockersave.MANIFEST.removesuffix(
-                                     ".json"))
+            if self._expander:
+                self._expander.place(
+                    root / dockersave.MANIFEST.removesuffix(".json"))
             repositories = dockersave.repositories_json(image)
             if repositories:
                 write_atomic(root / dockersave.REPOSITORIES, repositories)
@@ -176,6 +182,8 @@ class DirectoryWriter:
                 self._staging = None
 
     def abort(self) -> None:
+        if self._expander:
+            self._expander.abort()
         if self._staging:
             shutil.rmtree(self._staging, ignore_errors=True)
             self._staging = None
