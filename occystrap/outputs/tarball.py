@@ -96,9 +96,23 @@ class TarballWriter:
             region = self._regions.get(layer.diff_id)
             if region is not None:
                 self._fill(layer, region, iter(chunks))
+                self._flush_soon(region.header_at, _BLOCK + region.size)
             else:
                 with self._tail_turn(self._tail_rank[layer.diff_id]):
+                    start = self._end
                     self._append_stream(layer, iter(chunks), b"", 0)
+                    self._flush_soon(start, self._end - start)
+
+    def _flush_soon(self, offset: int, length: int) -> None:
+        """Start writing a finished layer to disk now, in the background.
+
+        The final fsync then has little left to wait for, and a large image
+        does not crowd the page cache of a busy transfer host.
+        """
+        with self._io:
+            if not self._closed:
+                os.posix_fadvise(self._fd, offset, length,
+                                 os.POSIX_FADV_DONTNEED)
 
     def _fill(self, layer: Layer, region: _Region,
               chunks: Iterator[bytes]) -> None:
