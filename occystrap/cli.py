@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from occystrap import __version__, pipeline
+from occystrap import __version__, pipeline, progress
 from occystrap.credentials import (
     CredentialSource, Credentials, find_credentials)
 from occystrap.errors import OccystrapError
@@ -252,17 +252,14 @@ def _run(settings: Settings, source, writer: ImageWriter,
     """Run the pipeline with progress drawn and a summary said, as asked."""
     display = ProgressDisplay(sys.stderr) if settings.progress else None
     try:
-        summary = pipeline.run(source, writer, report=display or _ignore,
+        summary = pipeline.run(source, writer,
+                               report=display or progress.ignore,
                                parallel=settings.parallel)
     finally:
         if display:
             display.close()
     if not settings.quiet:
         click.echo(_summary(summary, destination), err=True)
-
-
-def _ignore(event) -> None:
-    pass
 
 
 def _summary(summary: pipeline.Summary, destination: Path) -> str:

@@ -56,6 +56,17 @@ def run_tool(
     return result.stdout
 
 
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A throwaway certificate and key for a TLS server on 127.0.0.1."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    run_tool([
+        need_tool("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+        "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+        "-addext", "subjectAltName=IP:127.0.0.1",
+    ])
+    return cert, key
+
+
 # --- registry ----------------------------------------------------------------
 
 

@@ -71,14 +71,7 @@ def sleeps(monkeypatch):
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    conftest.run_tool([
-        conftest.need_tool("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes",
-        "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
-        "-addext", "subjectAltName=IP:127.0.0.1",
-    ])
-    return cert, key
+    return conftest.self_signed_certificate(tmp_path_factory.mktemp("tls"))
 
 
 @dataclasses.dataclass(frozen=True)

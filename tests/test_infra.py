@@ -400,18 +400,8 @@ def test_start_registry_with_auth_over_shared_storage(
     assert pushed == other.manifest_digest
 
 
-def _self_signed_certificate(directory: Path) -> tuple[Path, Path]:
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    conftest.run_tool([
-        conftest.need_tool("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes",
-        "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
-        "-addext", "subjectAltName=IP:127.0.0.1",
-    ])
-    return cert, key
-
-
 def test_start_registry_with_tls(tmp_path: Path) -> None:
-    cert, key = _self_signed_certificate(tmp_path)
+    cert, key = conftest.self_signed_certificate(tmp_path)
     tls = {"http": {"tls": {"certificate": str(cert), "key": str(key)}}}
 
     with conftest.start_registry(tmp_path / "registry", tls) as secure:
