@@ -264,7 +264,7 @@ def _run(settings: Settings, source, writer: ImageWriter,
 
 def _summary(summary: pipeline.Summary, destination: Path) -> str:
     image = summary.image
-    name = image.repo_tag or f"{image.repository}@{image.tag}"
+    name = image.repo_tag or image.source or f"{image.repository}:{image.tag}"
     digest = f"{image.manifest_digest}, " if image.manifest_digest else ""
     sizes = [layer.size for layer in image.layers]
     skipped = (f", {summary.layers_skipped} already present"

@@ -31,6 +31,8 @@ class Image:
     config_digest: Digest
     layers: tuple[Layer, ...]
     manifest_digest: Digest | None = None
+    # Where it came from, for messages: host/repository:tag or @digest.
+    source: str | None = None
 
 
 class ImageSource(Protocol):

@@ -124,7 +124,8 @@ def test_pull_by_digest(registry, repo, podman, tmp_path):
     registry.push_index(repo, index)
 
     out = tmp_path / "by-manifest.tar"
-    _fetch(registry, repo, image.manifest_digest, out)
+    result = _fetch(registry, repo, image.manifest_digest, out)
+    assert f"Saved {registry.host}/{repo}@{image.manifest_digest} " in result.stderr
     # Like docker save and crane, no tag is invented for a digest pull.
     assert _manifest_json(out)[0]["RepoTags"] == []
     _assert_loads(podman, out, image, None)

@@ -64,7 +64,8 @@ class RegistryInput:
             layers=tuple(Layer(i, diff_id, descriptor)
                          for i, (diff_id, descriptor) in enumerate(
                              zip(config.diff_ids, parsed.layers))),
-            manifest_digest=fetched.digest)
+            manifest_digest=fetched.digest,
+            source=str(ref))
 
     def layer_chunks(self, layer: Layer) -> Iterator[bytes]:
         assert layer.descriptor is not None
