@@ -98,20 +98,20 @@ def rootfs_layer(tops: list[str]) -> ib.Layer:
                     len(blob))
 
 
-def build_images() -> dict[str, ib.Image]:
+def build_images(with_big: bool) -> dict[str, ib.Image]:
     with concurrent.futures.ProcessPoolExecutor(2) as pool:
         eight = pool.map(gzip_layer, [(i, 64 * MIB, 64 * MIB) for i in range(8)])
-        big = pool.submit(gzip_layer, (100, 1024 * MIB, 1024 * MIB))
+        big = pool.submit(gzip_layer, (100, 1024 * MIB, 1024 * MIB)) if with_big else None
         rootfs = pool.map(rootfs_layer, ROOTFS_LAYERS)
-        eight = list(eight)
-        big = big.result()
-        rootfs = list(rootfs)
-    return {"8x128MiB": ib.make_image(eight), "1x2GiB": ib.make_image([big]),
-            "rootfs": ib.make_image(rootfs)}
+        images = {"8x128MiB": ib.make_image(list(eight)),
+                  "rootfs": ib.make_image(list(rootfs))}
+        if big:
+            images["1x2GiB"] = ib.make_image([big.result()])
+    return images
 
 
-def push_images(url: str) -> None:
-    images = build_images()
+def push_images(url: str, with_big: bool) -> None:
+    images = build_images(with_big)
     for name, image in images.items():
         ib.push_image(url, "bench/" + name.lower(), image, "v1")
     # A second image sharing the first seven layers, for the merged case.
@@ -176,7 +176,7 @@ def main() -> None:
             # In a separate process: a child forked from a parent holding
             # gigabytes of image data would report that as its peak RSS.
             builder = multiprocessing.get_context("spawn").Process(
-                target=push_images, args=(registry.url,))
+                target=push_images, args=(registry.url, not options.skip_big))
             builder.start()
             builder.join()
             if builder.exitcode != 0:

@@ -170,6 +170,7 @@ def _parallel_map(work: Callable, items: list, parallel: int,
                for n in range(max(1, min(parallel, len(items))))]
     for thread in threads:
         thread.start()
+    patience = 5.0
     try:
         for _ in items:
             # Short waits keep the main thread responsive to Ctrl-C.
@@ -178,12 +179,16 @@ def _parallel_map(work: Callable, items: list, parallel: int,
                     break
             if stop.is_set():
                 break
-    except BaseException:
+    except BaseException as e:
         stop.set()
+        if isinstance(e, KeyboardInterrupt):
+            # Someone is waiting at the terminal; a worker stuck in a
+            # stalled read writes nothing more before the process ends.
+            patience = 1.0
         raise
     finally:
         # Let workers notice `stop` before the writer cleans up under them.
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + patience
         for thread in threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
     if errors:
