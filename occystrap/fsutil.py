@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from occystrap.digest import Digest
+from occystrap.digest import Digest, Hasher
 from occystrap.errors import OutputError
 
 READ_CHUNK = 1 << 20
@@ -48,7 +48,7 @@ def file_chunks(path: Path) -> Iterator[bytes]:
 
 def file_digest(path: Path, algorithm: str = "sha256") -> Digest | None:
     """The digest of a file's content, or None if it cannot be read."""
-    hasher = Digest(algorithm, "").hasher()
+    hasher = Hasher(algorithm)
     try:
         for chunk in file_chunks(path):
             hasher.update(chunk)
