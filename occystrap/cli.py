@@ -57,22 +57,40 @@ class OccystrapGroup(click.Group):
             self._explain(ctx)
             raise click.ClickException(_scrub(str(e))) from None
         except KeyboardInterrupt:
-            click.echo("\nInterrupted; nothing was written.", err=True)
-            ctx.exit(130)
+            self._interrupt(ctx)
         except (click.ClickException, click.exceptions.Exit,
                 click.exceptions.Abort):
             raise
-        except Exception as e:  # a bug: still one line unless --verbose
+        except Exception as e:
+            if _interrupted(e):
+                # Ctrl-C that landed inside a lock's release surfaces as
+                # the RuntimeError it caused; it is still an interrupt.
+                self._interrupt(ctx)
+            # A bug: still one line unless --verbose.
             self._explain(ctx)
             raise click.ClickException(_scrub(
                 f"internal error: {type(e).__name__}: {e}; rerun with "
                 "--verbose and report it")) from None
 
     @staticmethod
+    def _interrupt(ctx: click.Context) -> None:
+        click.echo("\nInterrupted; nothing was written.", err=True)
+        ctx.exit(130)
+
+    @staticmethod
     def _explain(ctx: click.Context) -> None:
         settings = ctx.find_object(Settings)
         if settings and settings.verbose:
             click.echo(_scrub(traceback.format_exc().rstrip()), err=True)
+
+
+def _interrupted(error: BaseException) -> bool:
+    seen = error.__context__
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__context__
+    return False
 
 
 def _scrub(text: str) -> str:

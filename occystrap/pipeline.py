@@ -148,7 +148,10 @@ def _parallel_map(work: Callable, items: list, parallel: int,
     todo: queue.SimpleQueue = queue.SimpleQueue()
     for index in range(len(items)):
         todo.put(index)
-    remaining = threading.Semaphore(0)
+    # A SimpleQueue, not a Semaphore: its waits are plain lock waits, which
+    # Ctrl-C interrupts cleanly. A Condition interrupted mid-wait can end
+    # in "release unlocked lock" instead of KeyboardInterrupt.
+    finished: queue.SimpleQueue = queue.SimpleQueue()
 
     def worker() -> None:
         while not stop.is_set():
@@ -163,7 +166,7 @@ def _parallel_map(work: Callable, items: list, parallel: int,
                     errors.append(e)
                 stop.set()
             finally:
-                remaining.release()
+                finished.put(index)
 
     threads = [threading.Thread(target=worker, daemon=True,
                                 name=f"occystrap-layer-{n}")
@@ -174,9 +177,14 @@ def _parallel_map(work: Callable, items: list, parallel: int,
     try:
         for _ in items:
             # Short waits keep the main thread responsive to Ctrl-C.
-            while not remaining.acquire(timeout=0.2):
-                if stop.is_set() and not any(t.is_alive() for t in threads):
+            while True:
+                try:
+                    finished.get(timeout=0.2)
                     break
+                except queue.Empty:
+                    if stop.is_set() and not any(t.is_alive()
+                                                 for t in threads):
+                        break
             if stop.is_set():
                 break
     except BaseException as e:

@@ -164,3 +164,24 @@ def test_readme_walkthrough_runs(registry, podman, tmp_path):
             assert done.returncode == 0, f"{line}\n{done.stderr}"
     assert loaded == [f"{registry.host}/myteam/app:1.1"]
     assert (work / "app-1.0.tar").is_file()
+
+
+def test_an_interrupt_that_broke_a_lock_still_exits_130(registry, repo, tmp_path):
+    """Ctrl-C inside Condition.wait can surface as "release unlocked lock"."""
+    registry.push_image(repo, _image(7, layers=1), "v1")
+
+    def broken_lock(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("release unlocked lock")
+
+    target = tmp_path / "out" / "x.tar"
+    target.parent.mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("occystrap.pipeline._copy_layer", broken_lock)
+        result = CliRunner().invoke(cli, ["fetch-to-tarfile", registry.host, repo, "v1",
+                                          str(target)])
+    assert result.exit_code == 130, result.output
+    assert "internal error" not in result.stderr
+    assert list(target.parent.iterdir()) == []
