@@ -9,7 +9,9 @@ import os
 import re
 import shutil
 import socket
+import socketserver
 import subprocess
+import threading
 import tempfile
 import time
 import warnings
@@ -54,6 +56,19 @@ def run_tool(
         output = (result.stderr + result.stdout).decode(errors="replace")
         raise ToolError(f"{' '.join(args)} exited {result.returncode}:\n{output}")
     return result.stdout
+
+
+@contextlib.contextmanager
+def serving(server: socketserver.BaseServer) -> Iterator[socketserver.BaseServer]:
+    """Run a test server on a daemon thread for the block, then stop it."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
 
 
 def self_signed_certificate(directory: Path) -> tuple[Path, Path]:

@@ -17,7 +17,6 @@ import socket
 import socketserver
 import sys
 import tarfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +26,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 import imagebuild as ib
-from conftest import REQUIRE_INTEGRATION, Registry, start_registry
+from conftest import REQUIRE_INTEGRATION, Registry, serving, start_registry
 from occystrap.cli import cli
 from occystrap.registry import RegistryClient
 
@@ -556,15 +555,8 @@ class _ProxyHandler(socketserver.BaseRequestHandler):
 
 @pytest.fixture
 def proxy() -> Iterator[ConnectProxy]:
-    server = ConnectProxy(PROXY_NAME)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(ConnectProxy(PROXY_NAME)) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 def test_https_proxy_from_environment(world: World, basic: Registry, tmp_path: Path,

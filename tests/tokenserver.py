@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pki
+from conftest import serving
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
@@ -98,14 +99,8 @@ class TokenServer:
         server.socket = context.wrap_socket(server.socket, server_side=True)
         server.daemon_threads = True
         self._server = server
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
+        with serving(server):
             yield self
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=10)
 
     @property
     def port(self) -> int:
