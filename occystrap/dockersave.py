@@ -5,6 +5,7 @@ images share one path: that is what lets a merged directory store them once.
 """
 
 import json
+from typing import Iterator
 
 from occystrap.digest import Digest
 from occystrap.image import Image
@@ -46,6 +47,19 @@ def legacy_layer_json(image: Image, index: int) -> bytes:
     if index:
         doc["parent"] = image.layers[index - 1].diff_id.hex
     return dumps(doc)
+
+
+def legacy_layer_files(image: Image) -> Iterator[tuple[str, bytes]]:
+    """Each distinct layer's legacy `json`, as (path, content).
+
+    An image may list one layer twice; its directory is written once.
+    """
+    described = set()
+    for index, layer in enumerate(image.layers):
+        if layer.diff_id not in described:
+            described.add(layer.diff_id)
+            yield (f"{layer_dir(layer.diff_id)}/json",
+                   legacy_layer_json(image, index))
 
 
 def repositories_json(image: Image) -> bytes | None:

@@ -147,14 +147,10 @@ class DirectoryWriter:
     def commit(self, image: Image) -> None:
         root = self.root
         with output_errors(self.path):
-            described = set()
-            for index, layer in enumerate(image.layers):
-                if layer.diff_id not in described:
-                    described.add(layer.diff_id)
-                    legacy = root / dockersave.layer_dir(layer.diff_id) / "json"
-                    if not (self._unique and legacy.exists()):
-                        write_atomic(legacy, dockersave.legacy_layer_json(
-                            image, index))
+            for name, data in dockersave.legacy_layer_files(image):
+                # A shared layer keeps the json the first image gave it.
+                if not (self._unique and (root / name).exists()):
+                    write_atomic(root / name, data)
             config = self._store.config_file(image.config_digest)
             if not config.exists():
                 write_atomic(config, image.config)

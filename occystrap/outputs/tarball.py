@@ -196,13 +196,8 @@ class TarballWriter:
 
     def commit(self, image: Image) -> None:
         with output_errors(self.path):
-            described = set()
-            for index, layer in enumerate(image.layers):
-                if layer.diff_id not in described:
-                    described.add(layer.diff_id)
-                    self._append_member(
-                        f"{layer.diff_id.hex}/json",
-                        dockersave.legacy_layer_json(image, index))
+            for name, data in dockersave.legacy_layer_files(image):
+                self._append_member(name, data)
             self._append_member(dockersave.config_name(image.config_digest),
                                 image.config)
             self._append_member(dockersave.MANIFEST,
