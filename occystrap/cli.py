@@ -374,13 +374,7 @@ def recreate_image(settings: Settings, directory, image, tag, tarfile):
 
 def _fetch(settings: Settings, reference: ImageReference,
            writer: ImageWriter, destination: Path) -> None:
-    try:
-        client = _client(settings, reference)
-    except BaseException:
-        # The writer already holds a temporary file or directory, and
-        # pipeline.run, which cleans up after failures, never started.
-        writer.abort()
-        raise
+    client = _client(settings, reference)
     from occystrap.inputs.registry import RegistryInput
     try:
         source = RegistryInput(client, reference, settings.platform,

@@ -37,8 +37,8 @@ def manifest_entry(image: Image) -> dict:
     }
 
 
-def manifest_json(image: Image) -> bytes:
-    return dumps([manifest_entry(image)])
+def manifest_json(*images: Image) -> bytes:
+    return dumps([manifest_entry(image) for image in images])
 
 
 def legacy_layer_json(image: Image, index: int) -> bytes:
@@ -62,11 +62,13 @@ def legacy_layer_files(image: Image) -> Iterator[tuple[str, bytes]]:
                    legacy_layer_json(image, index))
 
 
-def repositories_json(image: Image) -> bytes | None:
-    if not image.repo_tag or not image.layers:
-        return None
-    name, tag = image.repo_tag.rsplit(":", 1)
-    return dumps({name: {tag: image.layers[-1].diff_id.hex}})
+def repositories_json(*images: Image) -> bytes | None:
+    doc: dict[str, dict[str, str]] = {}
+    for image in images:
+        if image.repo_tag and image.layers:
+            name, tag = image.repo_tag.rsplit(":", 1)
+            doc.setdefault(name, {})[tag] = image.layers[-1].diff_id.hex
+    return dumps(doc) if doc else None
 
 
 def dumps(doc: object) -> bytes:

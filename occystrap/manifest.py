@@ -229,3 +229,27 @@ def parse_config(data: bytes) -> ImageConfig:
         Platform(str(doc.get("os", "")), str(doc.get("architecture", "")),
                  doc.get("variant") or None),
         diff_ids)
+
+
+def check_layers(manifest: ImageManifest, config: ImageConfig,
+                 what: str) -> None:
+    """A manifest and its config must describe the same layers."""
+    if len(config.diff_ids) != len(manifest.layers):
+        raise ManifestError(
+            f"{what}: the manifest lists {len(manifest.layers)} layers but "
+            f"the config lists {len(config.diff_ids)} diff_ids")
+
+
+def check_platform(wanted: Platform, found: Platform, required: bool,
+                   what: str) -> bool:
+    """Whether a single-platform image suits the platform asked for.
+
+    Only an error when the user asked for a platform; by default an image
+    of another platform is taken as it is (the caller may warn).
+    """
+    if wanted.matches(found):
+        return True
+    if required:
+        raise PlatformNotFound(
+            f"{what} is a single-platform image for {found}, not {wanted}")
+    return False

@@ -1,21 +1,27 @@
-"""The one layer-streaming pipeline: input -> decompress -> verify -> writer.
+"""The one streaming pipeline: input -> (inflate -> check) -> writer.
 
+The writer chooses the flow: the layer flow inflates each blob, checks it
+is tar and hashes it to the config's diff_id; the blob flow passes the
+stored bytes through untouched, checked against their digest by the input.
 Layers travel in parallel, each on its own thread: fetching, inflating,
 hashing and writing all release the GIL, so two cores stay busy.
 """
 
+import contextlib
 import dataclasses
 import logging
 import queue
 import threading
 import time
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, cast
 
 from occystrap import progress
 from occystrap.compression import decompress
 from occystrap.digest import Digest, verify
-from occystrap.errors import OccystrapError
-from occystrap.image import Image, ImageSource, ImageWriter, Layer
+from occystrap.errors import LayerError, OccystrapError, OutputError
+from occystrap.image import (
+    BlobWriter, Flow, Image, ImageSource, ImageWriter, Layer)
+from occystrap.tarcheck import check_tar
 
 LOG = logging.getLogger(__name__)
 DEFAULT_PARALLEL = 4
@@ -51,6 +57,27 @@ def run(source: ImageSource, writer: ImageWriter,
         report: progress.Callback = progress.ignore,
         parallel: int = DEFAULT_PARALLEL) -> Summary:
     """Copy one image from source to writer; on any failure, abort writer."""
+    with destination(writer):
+        return copy_image(source, writer, report, parallel)
+
+
+@contextlib.contextmanager
+def destination(writer: ImageWriter) -> Iterator[ImageWriter]:
+    """The writer opened for the block and closed after it; aborted on any
+    failure (Ctrl-C included), so nothing unfinished is left behind."""
+    try:
+        writer.open()
+        yield writer
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def copy_image(source: ImageSource, writer: ImageWriter,
+               report: progress.Callback = progress.ignore,
+               parallel: int = DEFAULT_PARALLEL) -> Summary:
+    """Copy one image into an open writer; the caller aborts on failure."""
     started = time.monotonic()
     tally = _Tally()
     stop = threading.Event()
@@ -60,7 +87,7 @@ def run(source: ImageSource, writer: ImageWriter,
         writer.begin(image)
         unique: dict[Digest, Layer] = {}
         for layer in image.layers:
-            unique.setdefault(layer.diff_id, layer)
+            unique.setdefault(_identity(layer, writer.flow), layer)
 
         def survey(layer: Layer) -> tuple[Layer, bool, int | None]:
             if writer.has_layer(layer):
@@ -87,10 +114,20 @@ def run(source: ImageSource, writer: ImageWriter,
         writer.commit(image)
     except BaseException:
         stop.set()
-        writer.abort()
         raise
     return Summary(image, tally.fetched, tally.skipped, tally.transferred,
                    time.monotonic() - started)
+
+
+def _identity(layer: Layer, flow: Flow) -> Digest:
+    """What makes two layers of an image the same for this flow."""
+    if flow is Flow.BLOB:
+        if layer.descriptor is None:
+            raise OutputError(
+                "this source keeps no original layer blobs (only "
+                "uncompressed tars), so it cannot be copied byte for byte")
+        return layer.descriptor.digest
+    return layer.diff_id
 
 
 def _copy_layer(source: ImageSource, writer: ImageWriter, layer: Layer,
@@ -98,11 +135,40 @@ def _copy_layer(source: ImageSource, writer: ImageWriter, layer: Layer,
                 stop: threading.Event) -> None:
     report(progress.LayerStarted(layer))
     what = source.describe(layer)
-    counted = _counted(source.layer_chunks(layer), layer, report, tally, stop)
-    writer.write_layer(
-        layer, verified_tar(decompress(counted, what), layer.diff_id, what))
+    if writer.flow is Flow.BLOB:
+        have = cast(BlobWriter, writer).resume_from(layer)
+        counted = _counted(source.layer_chunks(layer, have), layer, report,
+                           tally, stop, have.size if have else 0)
+        writer.write_layer(layer, counted)
+    else:
+        counted = _counted(source.layer_chunks(layer), layer, report, tally,
+                           stop)
+        writer.write_layer(layer, layer_tar(counted, layer.diff_id, what))
     tally.add(fetched=1)
     report(progress.LayerDone(layer))
+
+
+def layer_tar(stored: Iterator[bytes], diff_id: Digest,
+              what: str) -> Iterator[bytes]:
+    """A stored layer blob as its verified, uncompressed tar."""
+    stored = iter(stored)
+    tar = check_tar(decompress(stored, what), what)
+    return verified_tar(_drained_on_error(tar, stored), diff_id, what)
+
+
+def _drained_on_error(tar: Iterator[bytes],
+                      stored: Iterator[bytes]) -> Iterator[bytes]:
+    """On a bad stream, read the rest of the blob before failing.
+
+    Bytes corrupted in transit then fail their digest check, which names
+    the real cause better than "not valid gzip data" would.
+    """
+    try:
+        yield from tar
+    except LayerError:
+        for _ in stored:
+            pass
+        raise
 
 
 def verified_tar(chunks: Iterable[bytes], diff_id: Digest,
@@ -121,9 +187,8 @@ def verified_tar(chunks: Iterable[bytes], diff_id: Digest,
 
 def _counted(chunks: Iterable[bytes], layer: Layer,
              report: progress.Callback, tally: _Tally,
-             stop: threading.Event) -> Iterator[bytes]:
+             stop: threading.Event, total: int = 0) -> Iterator[bytes]:
     """Count bytes for progress, and stop early once another layer failed."""
-    total = 0
     for chunk in chunks:
         if stop.is_set():
             raise Cancelled("cancelled")

@@ -15,7 +15,7 @@ import urllib3
 from occystrap import tls
 from occystrap.auth import Authenticator
 from occystrap.credentials import CredentialSource, Credentials
-from occystrap.digest import Digest, verify
+from occystrap.digest import Digest, Hasher, verify
 from occystrap.errors import (
     AccessDenied, NotFound, RateLimited, RegistryError, RegistryUnreachable,
     VerificationError)
@@ -419,14 +419,24 @@ class RegistryClient:
                 f"more than the {cap} allowed for it; refusing it")
         return b"".join(self.blob_chunks(repository, descriptor))
 
-    def blob_chunks(self, repository: str,
-                    descriptor: Descriptor) -> Iterator[bytes]:
+    def blob_chunks(self, repository: str, descriptor: Descriptor,
+                    have: Hasher | None = None) -> Iterator[bytes]:
         """Stream a blob, resuming after breaks, verifying size and digest.
 
+        `have` holds the blob's first bytes, already hashed (a partial
+        download kept on disk): only the rest is requested and yielded.
         The final digest check happens before the iterator finishes, so a
         consumer that commits only after exhausting it never commits bad data.
         """
-        hasher = descriptor.digest.hasher()
+        hasher = have or descriptor.digest.hasher()
+        if hasher.size > descriptor.size:
+            raise VerificationError(
+                f"blob {descriptor.digest.short()} of {repository}: "
+                f"{hasher.size} bytes kept, more than its {descriptor.size}")
+        if hasher.size == descriptor.size:
+            verify(f"blob {descriptor.digest.short()} of {repository}",
+                   descriptor.digest, hasher.digest())
+            return
         failures = 0
         # Where the last failure left us: a link that drops now and then
         # but makes real progress in between may keep resuming a big blob.

@@ -28,6 +28,7 @@ def _layers(count):
 
 def _write(path, image, tars, hints, concurrently=True):
     writer = TarballWriter(path)
+    writer.open()
     writer.begin(image)
     writer.plan(list(zip(image.layers, hints)))
 
@@ -45,6 +46,7 @@ def _write(path, image, tars, hints, concurrently=True):
     for thread in threads:
         thread.join()
     writer.commit(image)
+    writer.close()
 
 
 def _contents(path):
@@ -92,6 +94,7 @@ def test_output_is_deterministic(tmp_path):
 def test_abort_leaves_nothing_and_stops_writers(tmp_path):
     image, tars = _layers(2)
     writer = TarballWriter(tmp_path / "x.tar")
+    writer.open()
     writer.plan([(layer, None) for layer in image.layers])
     writer.abort()
     with pytest.raises(OutputError, match="abandoned"):
@@ -101,6 +104,6 @@ def test_abort_leaves_nothing_and_stops_writers(tmp_path):
 
 def test_bad_destinations(tmp_path):
     with pytest.raises(OutputError, match="is a directory"):
-        TarballWriter(tmp_path)
+        TarballWriter(tmp_path).open()
     with pytest.raises(OutputError, match="does not exist"):
-        TarballWriter(tmp_path / "no" / "x.tar")
+        TarballWriter(tmp_path / "no" / "x.tar").open()

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Iterator
 
 from occystrap import dockersave
-from occystrap.digest import Digest, verify
+from occystrap.digest import Digest, Hasher, verify
 from occystrap.errors import ManifestError, StoreError, VerificationError
 from occystrap.fsutil import file_chunks
 from occystrap.image import Image, Layer
@@ -57,7 +57,10 @@ class DirectoryInput:
             config_digest=digest,
             layers=tuple(Layer(i, d) for i, d in enumerate(config.diff_ids)))
 
-    def layer_chunks(self, layer: Layer) -> Iterator[bytes]:
+    def layer_chunks(self, layer: Layer,
+                     have: Hasher | None = None) -> Iterator[bytes]:
+        # Layers here are uncompressed tars: there is no blob to resume.
+        assert have is None
         path = self._store.layer_tar(layer.diff_id)
         if not path.is_file():
             raise StoreError(

@@ -3,35 +3,49 @@
 import logging
 from typing import Iterator
 
-from occystrap.errors import (
-    ManifestError, OccystrapError, PlatformNotFound)
+from occystrap.digest import Hasher
+from occystrap.errors import ManifestError, OccystrapError
 from occystrap.image import Image, Layer
 from occystrap.manifest import (
-    GZIP_LAYER_TYPES, PLAIN_LAYER_TYPES, ImageIndex, ImageManifest, Platform,
-    parse_config, parse_manifest)
+    GZIP_LAYER_TYPES, PLAIN_LAYER_TYPES, Descriptor, ImageIndex,
+    ImageManifest, Platform, check_layers, check_platform, parse_config,
+    parse_manifest)
 from occystrap.reference import ImageReference
-from occystrap.registry import RegistryClient
+from occystrap.registry import FetchedManifest, RegistryClient
 
 LOG = logging.getLogger(__name__)
 
 
 class RegistryInput:
     def __init__(self, client: RegistryClient, reference: ImageReference,
-                 platform: Platform, platform_required: bool = False) -> None:
+                 platform: Platform, platform_required: bool = False, *,
+                 top: FetchedManifest | None = None,
+                 entry: Descriptor | None = None) -> None:
         self._client = client
         self._reference = reference
         self._platform = platform
         # A single-platform image of another platform is only an error when
         # the user asked for a platform; by default take what is there.
         self._platform_required = platform_required
+        # What the reference points at, when already fetched, and the
+        # index entry to take from it instead of choosing by platform.
+        self._top = top
+        self._entry = entry
+
+    @property
+    def reference(self) -> ImageReference:
+        return self._reference
 
     def resolve(self) -> Image:
         ref = self._reference
         repo = ref.repository
-        fetched = self._client.get_manifest(repo, ref.reference, ref.digest)
+        fetched = self._top or self._client.get_manifest(
+            repo, ref.reference, ref.digest)
         parsed = parse_manifest(fetched.data, fetched.content_type)
+        index: FetchedManifest | None = None
         if isinstance(parsed, ImageIndex):
-            chosen = parsed.select(self._platform)
+            index = fetched
+            chosen = self._entry or parsed.select(self._platform)
             LOG.info("index %s: chose %s for %s", fetched.digest,
                      chosen.digest, chosen.platform)
             fetched = self._client.get_manifest(repo, str(chosen.digest),
@@ -43,15 +57,9 @@ class RegistryInput:
                     "index; nested indexes are not supported")
         config_bytes = self._client.fetch_blob(repo, parsed.config)
         config = parse_config(config_bytes)
-        if len(config.diff_ids) != len(parsed.layers):
-            raise ManifestError(
-                f"{ref}: the manifest lists {len(parsed.layers)} layers but "
-                f"the config lists {len(config.diff_ids)} diff_ids")
-        if not self._platform.matches(config.platform):
-            if self._platform_required:
-                raise PlatformNotFound(
-                    f"{ref} is a single-platform image for "
-                    f"{config.platform}, not {self._platform}")
+        check_layers(parsed, config, str(ref))
+        if not check_platform(self._platform, config.platform,
+                              self._platform_required, str(ref)):
             LOG.warning("%s is for %s, not %s", ref, config.platform,
                         self._platform)
         return Image(
@@ -65,12 +73,20 @@ class RegistryInput:
                          for i, (diff_id, descriptor) in enumerate(
                              zip(config.diff_ids, parsed.layers))),
             manifest_digest=fetched.digest,
-            source=str(ref))
+            source=str(ref),
+            manifest=fetched.data,
+            manifest_media_type=parsed.media_type,
+            index=index.data if index else None,
+            index_media_type=(parse_manifest(index.data, index.content_type)
+                              .media_type if index else None),
+            index_digest=index.digest if index else None,
+            config_media_type=parsed.config.media_type or None)
 
-    def layer_chunks(self, layer: Layer) -> Iterator[bytes]:
+    def layer_chunks(self, layer: Layer,
+                     have: Hasher | None = None) -> Iterator[bytes]:
         assert layer.descriptor is not None
         return self._client.blob_chunks(self._reference.repository,
-                                        layer.descriptor)
+                                        layer.descriptor, have)
 
     def describe(self, layer: Layer) -> str:
         digest = layer.descriptor.digest if layer.descriptor else layer.diff_id

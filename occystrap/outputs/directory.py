@@ -14,13 +14,14 @@ from occystrap import dockersave
 from occystrap.errors import OutputError
 from occystrap.fsutil import (
     current_umask, output_errors, temp_path, write_atomic)
-from occystrap.image import Image, Layer
+from occystrap.image import Flow, Image, Layer
 from occystrap.outputs.expand import Expander
 from occystrap.store import (
     LOCK, Store, single_manifest, single_repo_tags)
 
 
 class DirectoryWriter:
+    flow = Flow.LAYER
     wants_size_hints = False
 
     def __init__(self, path: Path, unique_names: bool,
@@ -37,9 +38,12 @@ class DirectoryWriter:
         self._layer_dirs: list[Path] = []
         # Layers still being written, by threads abort may not outwait.
         self._temps: set[Path] = set()
-        with output_errors(path):
+        self._store = Store(path)
+
+    def open(self) -> None:
+        with output_errors(self.path):
             self._prepare()
-        self._store = Store(self._staging or path)
+        self._store = Store(self.root)
 
     def _prepare(self) -> None:
         path = self.path
@@ -172,10 +176,13 @@ class DirectoryWriter:
                 write_atomic(root / dockersave.REPOSITORIES, repositories)
             write_atomic(root / dockersave.MANIFEST,
                          dockersave.manifest_json(image))
-            if self._staging:
+
+    def close(self) -> None:
+        if self._staging:
+            with output_errors(self.path):
                 os.chmod(self._staging, 0o777 & ~current_umask())
                 os.rename(self._staging, self.path)
-                self._staging = None
+            self._staging = None
 
     def abort(self) -> None:
         if self._expander:

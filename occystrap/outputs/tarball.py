@@ -21,7 +21,7 @@ from occystrap import dockersave
 from occystrap.digest import Digest
 from occystrap.errors import OutputError
 from occystrap.fsutil import current_umask, output_errors
-from occystrap.image import Image, Layer
+from occystrap.image import Flow, Image, Layer
 
 _BLOCK = tarfile.BLOCKSIZE
 # GNU headers hold any size in one block (base-256 past 8 GiB), so a header
@@ -39,10 +39,29 @@ class _Region:
 
 
 class TarballWriter:
+    flow = Flow.LAYER
     wants_size_hints = True
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._fd = -1
+        self._temp: Path | None = None
+        # Guards the descriptor: no thread writes once abort closed it.
+        self._io = threading.Lock()
+        self._closed = True
+        self._end = 0
+        self._regions: dict[Digest, _Region] = {}
+        self._tail_rank: dict[Digest, int] = {}
+        self._tail = threading.Condition()
+        self._tail_busy = False
+        self._tail_next = 0
+        self._moving = 0
+        self._fillers = 0
+        self._images: list[Image] = []
+        self._written: set[Digest] = set()
+
+    def open(self) -> None:
+        path = self.path
         if path.is_dir():
             raise OutputError(f"{path} is a directory; give a file name for "
                               "the tarball")
@@ -57,25 +76,18 @@ class TarballWriter:
             raise OutputError(f"cannot write in {parent}: {e.strerror}") \
                 from None
         self._temp = Path(temp)
-        # Guards the descriptor: no thread writes once abort closed it.
-        self._io = threading.Lock()
         self._closed = False
-        self._end = 0
-        self._regions: dict[Digest, _Region] = {}
-        self._tail_rank: dict[Digest, int] = {}
-        self._tail = threading.Condition()
-        self._tail_busy = False
-        self._tail_next = 0
-        self._moving = 0
-        self._fillers = 0
 
     def begin(self, image: Image) -> None:
         pass
 
     def has_layer(self, layer: Layer) -> bool:
-        return False
+        # Images in one tarball share their common layers' members.
+        return layer.diff_id in self._written
 
     def plan(self, layers: list[tuple[Layer, int | None]]) -> None:
+        self._tail_rank.clear()
+        self._tail_next = 0
         with output_errors(self.path):
             for layer, hint in layers:
                 name = dockersave.layer_dir(layer.diff_id)
@@ -195,14 +207,25 @@ class TarballWriter:
                 self._tail.notify_all()
 
     def commit(self, image: Image) -> None:
+        # A layer or config that an earlier image brought is there once.
+        known = {dockersave.layer_dir(d) for d in self._written}
         with output_errors(self.path):
             for name, data in dockersave.legacy_layer_files(image):
-                self._append_member(name, data)
-            self._append_member(dockersave.config_name(image.config_digest),
-                                image.config)
+                if name.split("/")[0] not in known:
+                    self._append_member(name, data)
+            if image.config_digest not in {i.config_digest
+                                           for i in self._images}:
+                self._append_member(
+                    dockersave.config_name(image.config_digest), image.config)
+        self._written.update(layer.diff_id for layer in image.layers)
+        self._images.append(image)
+
+    def close(self) -> None:
+        assert self._temp is not None, "open() comes first"
+        with output_errors(self.path):
             self._append_member(dockersave.MANIFEST,
-                                dockersave.manifest_json(image))
-            repositories = dockersave.repositories_json(image)
+                                dockersave.manifest_json(*self._images))
+            repositories = dockersave.repositories_json(*self._images)
             if repositories:
                 self._append_member(dockersave.REPOSITORIES, repositories)
             self._pwrite(b"\0" * (2 * _BLOCK), self._end)
@@ -220,7 +243,8 @@ class TarballWriter:
                 os.close(self._fd)
         with self._tail:
             self._tail.notify_all()
-        self._temp.unlink(missing_ok=True)
+        if self._temp is not None:
+            self._temp.unlink(missing_ok=True)
 
     def _pwrite(self, data: bytes, offset: int) -> None:
         view = memoryview(data)
