@@ -97,6 +97,43 @@ class ImageReference:
                 "'_', '.' or '-', not starting with '.' or '-'")
         return cls(reg, repository, tag=tag)
 
+    @classmethod
+    def parse_name(cls, text: str) -> "ImageReference":
+        """One string as docker takes it: [HOST[:PORT]/]REPO[:TAG][@DIGEST].
+
+        The first component is a registry only if it looks like a host
+        (a '.' or ':' in it, or 'localhost'), so `team/app` is on Docker
+        Hub, as `library/busybox` is for `busybox`. No tag and no digest
+        means `latest`; a tag and a digest name the image by the tag and
+        pin it by the digest.
+        """
+        rest, at, digest = text.partition("@")
+        first, slash, remainder = rest.partition("/")
+        if slash and ("." in first or ":" in first or first == "localhost"):
+            registry, rest = Registry.parse(first), remainder
+        else:
+            registry = Registry.parse(DOCKER_HUB_HOST)
+        name, colon, tag = rest.rpartition(":")
+        if not colon or "/" in tag:
+            name, colon, tag = rest, "", ""
+        what = f"invalid image reference {text!r}"
+        if not name or (colon and not tag) or (at and not digest):
+            raise InvalidReference(
+                f"{what}: expected [HOST[:PORT]/]REPOSITORY[:TAG][@DIGEST], "
+                "e.g. busybox:1.36 or quay.io/org/app@sha256:…")
+        try:
+            repository = parse_repository(name, registry)
+            pinned = Digest.parse(digest) if digest else None
+        except InvalidReference as e:
+            raise InvalidReference(f"{what}: {e}") from None
+        if tag and not _TAG_RE.match(tag):
+            raise InvalidReference(
+                f"{what}: tags are up to 128 letters, digits, '_', '.' or "
+                "'-', not starting with '.' or '-'")
+        if not tag and not pinned:
+            tag = "latest"
+        return cls(registry, repository, tag=tag or None, digest=pinned)
+
     @property
     def reference(self) -> str:
         """The tag or digest, as used in a manifest URL."""
@@ -122,10 +159,18 @@ class ImageReference:
             return None
         return f"{self.short_name}:{self.tag}"
 
+    @property
+    def full_name(self) -> str:
+        """The fully qualified name containerd gives the image, e.g.
+        docker.io/library/busybox:1.36 or host:5000/app@sha256:…."""
+        name = f"{self.registry.display_name}/{self.repository}"
+        return f"{name}:{self.tag}" if self.tag else f"{name}@{self.digest}"
+
     def __str__(self) -> str:
-        separator = "@" if self.digest else ":"
-        return (f"{self.registry.display_name}/{self.repository}"
-                f"{separator}{self.reference}")
+        name = f"{self.registry.display_name}/{self.repository}"
+        tag = f":{self.tag}" if self.tag else ""
+        pinned = f"@{self.digest}" if self.digest else ""
+        return f"{name}{tag}{pinned}"
 
 
 def parse_repository(image: str, registry: Registry) -> str:

@@ -79,3 +79,41 @@ def test_digest_round_trip():
     assert str(digest) == f"sha256:{HEX}"
     assert Digest.of(b"") == Digest.parse(
         "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+
+
+@pytest.mark.parametrize("text, host, repository, tag, digest, repo_tag, full_name", [
+    ("busybox", "registry-1.docker.io", "library/busybox", "latest", None,
+     "busybox:latest", "docker.io/library/busybox:latest"),
+    ("busybox:1.36", "registry-1.docker.io", "library/busybox", "1.36", None,
+     "busybox:1.36", "docker.io/library/busybox:1.36"),
+    ("docker.io/team/app:2", "registry-1.docker.io", "team/app", "2", None,
+     "team/app:2", "docker.io/team/app:2"),
+    ("team/app", "registry-1.docker.io", "team/app", "latest", None,
+     "team/app:latest", "docker.io/team/app:latest"),
+    ("quay.io/org/app:1.0", "quay.io", "org/app", "1.0", None,
+     "quay.io/org/app:1.0", "quay.io/org/app:1.0"),
+    ("127.0.0.1:5000/team/app:2", "127.0.0.1:5000", "team/app", "2", None,
+     "127.0.0.1:5000/team/app:2", "127.0.0.1:5000/team/app:2"),
+    ("localhost/app", "localhost", "app", "latest", None,
+     "localhost/app:latest", "localhost/app:latest"),
+    (f"app@sha256:{HEX}", "registry-1.docker.io", "library/app", None,
+     f"sha256:{HEX}", None, f"docker.io/library/app@sha256:{HEX}"),
+    (f"host:5000/app:1.0@sha256:{HEX}", "host:5000", "app", "1.0",
+     f"sha256:{HEX}", "host:5000/app:1.0", "host:5000/app:1.0"),
+])
+def test_parse_name(text, host, repository, tag, digest, repo_tag, full_name):
+    ref = ImageReference.parse_name(text)
+    assert (ref.registry.host, ref.repository, ref.tag) == (host, repository, tag)
+    assert (str(ref.digest) if ref.digest else None) == digest
+    assert ref.repo_tag == repo_tag
+    assert ref.full_name == full_name
+    assert ref.reference == (digest or tag)
+
+
+@pytest.mark.parametrize("text", [
+    "", "Busybox", "busybox:", "busybox:-x", "app@sha256:abc", "host:5000/",
+    "quay.io/org/App:1", "app@", ":tag",
+])
+def test_parse_name_rejects(text):
+    with pytest.raises(InvalidReference, match="invalid image reference"):
+        ImageReference.parse_name(text)
