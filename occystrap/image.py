@@ -44,6 +44,9 @@ class Image:
     index_digest: Digest | None = None
     # The config's descriptor in the manifest (its media type may matter).
     config_media_type: str | None = None
+    # The fully qualified name containerd gives it: docker.io/library/
+    # busybox:1.36, or REPO@sha256:… when pulled by digest alone.
+    full_name: str | None = None
 
 
 class Flow(enum.Enum):

@@ -7,6 +7,14 @@ from occystrap.image import Image, Layer
 
 
 @dataclasses.dataclass(frozen=True)
+class ImageStarted:
+    """Image `number` (from 0) of `total` in a run of many begins."""
+
+    number: int
+    total: int
+
+
+@dataclasses.dataclass(frozen=True)
 class ImageResolved:
     image: Image
 
@@ -34,7 +42,7 @@ class LayerDone:
     layer: Layer
 
 
-Event = ImageResolved | LayerStarted | LayerSkipped | LayerBytes | LayerDone
+Event = ImageStarted | ImageResolved | LayerStarted | LayerSkipped | LayerBytes | LayerDone
 Callback = Callable[[Event], None]
 
 

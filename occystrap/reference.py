@@ -185,3 +185,21 @@ def parse_repository(image: str, registry: Registry) -> str:
     if registry.is_docker_hub and "/" not in image:
         return f"library/{image}"
     return image
+
+
+def parse_list(lines: list[str], where: str) -> list[ImageReference]:
+    """References one per line; blank lines and '#' comments are skipped.
+
+    A bad line fails the whole list, naming where it is, before anything
+    is downloaded.
+    """
+    references = []
+    for number, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            references.append(ImageReference.parse_name(text))
+        except InvalidReference as e:
+            raise InvalidReference(f"{where}, line {number}: {e}") from None
+    return references

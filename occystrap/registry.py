@@ -17,7 +17,7 @@ from occystrap.auth import Authenticator
 from occystrap.credentials import CredentialSource, Credentials
 from occystrap.digest import Digest, Hasher, verify
 from occystrap.errors import (
-    AccessDenied, NotFound, RateLimited, RegistryError, RegistryUnreachable,
+    AccessDenied, InvalidReference, NotFound, RateLimited, RegistryError, RegistryUnreachable,
     VerificationError)
 from occystrap.manifest import (
     ACCEPT, MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE, Descriptor)
@@ -307,6 +307,7 @@ class RegistryClient:
                 "GET", f"{repository}/manifests/{reference}", repository,
                 headers={"Accept": ACCEPT}, stream=True)
             with response:
+                _log_rate_limit(response)
                 if response.status_code == 404:
                     raise self._manifest_not_found(repository, reference,
                                                    response)
@@ -338,6 +339,24 @@ class RegistryClient:
                 f"digest the registry claims ({claimed}, content hashes to "
                 f"{digest}); refusing it")
         return FetchedManifest(data, content_type, digest)
+
+    def head_manifest(self, repository: str, reference: str) -> Digest | None:
+        """The digest a tag points at now, if the registry says; None when
+        it is not there. A HEAD does not count against Docker Hub's limit.
+        """
+        response = self._request(
+            "HEAD", f"{repository}/manifests/{reference}", repository,
+            headers={"Accept": ACCEPT})
+        with response:
+            _log_rate_limit(response)
+            if response.status_code == 404:
+                return None
+            _expect_ok(response, f"manifest {reference} of {repository}")
+            claimed = response.headers.get("Docker-Content-Digest", "")
+        try:
+            return Digest.parse(claimed)
+        except InvalidReference:
+            return None
 
     def _manifest_not_found(self, repository: str, reference: str,
                             response: requests.Response) -> NotFound:
@@ -523,6 +542,14 @@ class RegistryClient:
         raise RegistryError(
             f"{what}: unexpected HTTP {status}", status,
             _redact(response.url))
+
+
+def _log_rate_limit(response: requests.Response) -> None:
+    """Docker Hub says how many pulls are left; --verbose shows it."""
+    remaining = response.headers.get("ratelimit-remaining")
+    if remaining:
+        LOG.debug("%s: ratelimit-remaining %s", urllib.parse.urlsplit(
+            response.url).netloc, remaining)
 
 
 def _failures_after(failures: int, reached: int, now: int) -> int:

@@ -56,6 +56,8 @@ class ProgressDisplay:
         self._drawn_lines = 0
         self._last_draw = 0.0
         self._started = clock()
+        # In a run of many images: which one is under way, of how many.
+        self._image: progress.ImageStarted | None = None
 
     def __call__(self, event: progress.Event) -> None:
         with self._lock:
@@ -65,6 +67,9 @@ class ProgressDisplay:
                 self._draw(now)
 
     def _update(self, event: progress.Event) -> bool:
+        if isinstance(event, progress.ImageStarted):
+            self._image = event
+            return True
         if isinstance(event, progress.ImageResolved):
             for layer in event.image.layers:
                 if layer.diff_id not in self._layers:
@@ -145,5 +150,7 @@ class ProgressDisplay:
         speed = f"  {human_size(rate)}/s" if rate else ""
         if rate and total > done:
             speed += f"  ETA {_duration((total - done) / rate)}"
-        return (f"{finished}/{len(states)} layers  {human_size(done)} / "
-                f"{human_size(total)}{speed}")
+        images = (f"image {self._image.number + 1}/{self._image.total}  "
+                  if self._image and self._image.total > 1 else "")
+        return (f"{images}{finished}/{len(states)} layers  "
+                f"{human_size(done)} / {human_size(total)}{speed}")

@@ -80,7 +80,8 @@ class RegistryInput:
             index_media_type=(parse_manifest(index.data, index.content_type)
                               .media_type if index else None),
             index_digest=index.digest if index else None,
-            config_media_type=parsed.config.media_type or None)
+            config_media_type=parsed.config.media_type or None,
+            full_name=ref.full_name)
 
     def layer_chunks(self, layer: Layer,
                      have: Hasher | None = None) -> Iterator[bytes]:

@@ -1,0 +1,317 @@
+"""Writes images into a bundle (see layout.py) with their original bytes.
+
+Each blob grows under a hidden partial name, locked while it grows, and
+takes its real name only once it hashes to its digest. A partial that a
+killed run left behind is resumed from the byte it reached, and a second
+run wanting the same blob waits for the first instead of fetching it too.
+index.json and manifest.json change together, under the bundle's lock,
+only after every blob of an image is in place.
+"""
+
+import dataclasses
+import fcntl
+import logging
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Iterator
+
+from occystrap import layout
+from occystrap.digest import Digest, Hasher
+from occystrap.errors import OutputError, StoreError, VerificationError
+from occystrap.fsutil import (
+    current_umask, file_digest, locked, output_errors, write_atomic)
+from occystrap.image import Flow, Image, Layer
+from occystrap.manifest import (
+    Descriptor, ImageIndex, Platform, parse_manifest)
+
+LOG = logging.getLogger(__name__)
+_READ_CHUNK = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Committed:
+    """What commit() recorded: the name and what it now points at."""
+
+    name: str
+    digest: Digest
+    replaced: Digest | None
+
+
+class BundleWriter:
+    flow = Flow.BLOB
+    wants_size_hints = False
+
+    def __init__(self, path: Path, platform: Platform,
+                 all_platforms: bool = False) -> None:
+        self.path = path
+        self._platform = platform
+        self._all_platforms = all_platforms
+        self._created = False
+        self._verified: set[Digest] = set()
+        # Blobs this run holds the lock of, by digest: (descriptor, file).
+        self._claims: dict[Digest, int] = {}
+        self._claims_lock = threading.Lock()
+        # Platform images of an index fetched whole, until all are here.
+        self._pending: dict[Digest, dict[Digest, Image]] = {}
+        self.committed: list[Committed] = []
+        self.new_blobs = 0
+        self.present_bytes = 0
+
+    # -- the destination -----------------------------------------------------
+
+    def open(self) -> None:
+        path = self.path
+        with output_errors(path):
+            if path.exists() and not path.is_dir():
+                raise OutputError(f"{path} exists and is not a directory")
+            if not path.parent.is_dir():
+                raise OutputError(f"cannot write {path}: directory "
+                                  f"{path.parent} does not exist")
+            try:
+                path.mkdir()
+                self._created = True
+            except FileExistsError:
+                if any(path.iterdir()) \
+                        and not (path / layout.OCI_LAYOUT).is_file():
+                    raise OutputError(
+                        f"{path} is not empty and is not a bundle; choose a "
+                        "new or empty directory") from None
+            (path / layout.BLOBS / "sha256").mkdir(parents=True,
+                                                   exist_ok=True)
+            if not (path / layout.OCI_LAYOUT).exists():
+                write_atomic(path / layout.OCI_LAYOUT, layout.layout_json())
+            with locked(path / layout.LOCK):
+                if not (path / layout.INDEX).exists():
+                    self._write_entries([])
+
+    def close(self) -> None:
+        self._release_all()
+
+    def abort(self) -> None:
+        self._release_all()
+        if self._created and not self.committed \
+                and not self._has_partial_bytes():
+            # Nothing worth keeping for a resume: leave no trace.
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def _has_partial_bytes(self) -> bool:
+        blobs = self.path / layout.BLOBS / "sha256"
+        try:
+            return any(p.stat().st_size for p in blobs.iterdir())
+        except OSError:
+            return False
+
+    # -- images ----------------------------------------------------------------
+
+    def entries(self) -> list[layout.Entry]:
+        """What the bundle holds now."""
+        return read_entries(self.path)
+
+    def begin(self, image: Image) -> None:
+        if image.manifest is None or image.manifest_digest is None:
+            raise OutputError(
+                f"{image.source or image.repository}: the source keeps no "
+                "original manifest, so it cannot go into a bundle")
+
+    def plan(self, layers: list[tuple[Layer, int | None]]) -> None:
+        pass
+
+    def has_layer(self, layer: Layer) -> bool:
+        assert layer.descriptor is not None
+        return self._has_blob(layer.descriptor)
+
+    def _has_blob(self, descriptor: Descriptor) -> bool:
+        """A blob counts as present only if it hashes right (once a run)."""
+        digest = descriptor.digest
+        if digest in self._verified:
+            return True
+        target = self.path / layout.blob_path(digest)
+        if file_digest(target, digest.algorithm) != digest:
+            return False
+        self._verified.add(digest)
+        return True
+
+    def resume_from(self, layer: Layer) -> Hasher | None:
+        assert layer.descriptor is not None
+        descriptor = layer.descriptor
+        digest = descriptor.digest
+        partial = self.path / layout.partial_path(digest)
+        with output_errors(partial):
+            fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o644 & ~current_umask())
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    LOG.warning("waiting for another occystrap run that is "
+                                "fetching blob %s into %s", digest.short(),
+                                self.path)
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                with self._claims_lock:
+                    self._claims[digest] = fd
+            except BaseException:
+                os.close(fd)
+                raise
+            if self._has_blob(descriptor):
+                # Another run finished it while we waited.
+                return _hashed(self.path / layout.blob_path(digest), digest)
+            if os.fstat(fd).st_size > descriptor.size:
+                os.ftruncate(fd, 0)
+            have = _hashed_fd(fd, digest)
+        if have.size:
+            LOG.info("resuming blob %s at byte %d of %d", digest.short(),
+                     have.size, descriptor.size)
+        return have if have.size else None
+
+    def write_layer(self, layer: Layer, chunks: Iterator[bytes]) -> None:
+        assert layer.descriptor is not None
+        digest = layer.descriptor.digest
+        with self._claims_lock:
+            fd = self._claims[digest]
+        partial = self.path / layout.partial_path(digest)
+        target = self.path / layout.blob_path(digest)
+        try:
+            with output_errors(partial):
+                os.lseek(fd, 0, os.SEEK_END)
+                wrote = False
+                try:
+                    for chunk in chunks:
+                        _write_all(fd, chunk)
+                        wrote = True
+                except VerificationError:
+                    # What we kept does not lead to the right blob: start
+                    # afresh next time rather than resume into it again.
+                    os.ftruncate(fd, 0)
+                    raise
+                if not wrote and target.exists():
+                    partial.unlink(missing_ok=True)
+                    return
+                os.fsync(fd)
+                os.chmod(partial, 0o644 & ~current_umask())
+                os.replace(partial, target)
+            self._verified.add(digest)
+            self.new_blobs += 1
+        finally:
+            self._release(digest)
+
+    def commit(self, image: Image) -> None:
+        assert image.manifest is not None and image.manifest_digest
+        with output_errors(self.path):
+            self._put_blob(image.config_digest, image.config)
+            self._put_blob(image.manifest_digest, image.manifest)
+            if self._all_platforms and image.index is not None \
+                    and image.index_digest is not None:
+                self._collect(image)
+                return
+            descriptor = Descriptor(
+                image.manifest_media_type or "", image.manifest_digest,
+                len(image.manifest), image.platform)
+            self._record(image, descriptor, image)
+
+    def _collect(self, image: Image) -> None:
+        """Record an index once every platform image of it is here."""
+        assert image.index is not None and image.index_digest is not None
+        images = self._pending.setdefault(image.index_digest, {})
+        assert image.manifest_digest is not None
+        images[image.manifest_digest] = image
+        index = parse_manifest(image.index, image.index_media_type)
+        assert isinstance(index, ImageIndex)
+        wanted = {d.digest for d in index.images()}
+        if not wanted <= set(images):
+            return
+        del self._pending[image.index_digest]
+        self._put_blob(image.index_digest, image.index)
+        chosen = index.select(self._platform).digest \
+            if any(self._platform.matches(d.platform)
+                   for d in index.images()) else sorted(wanted, key=str)[0]
+        descriptor = Descriptor(image.index_media_type or "",
+                                image.index_digest, len(image.index))
+        self._record(image, descriptor, images[chosen])
+
+    def _record(self, image: Image, descriptor: Descriptor,
+                loadable: Image) -> None:
+        name = image.full_name or image.source or image.repository
+        entry = layout.Entry(
+            descriptor, name, image.repo_tag, loadable.config_digest,
+            tuple(layer.descriptor.digest for layer in loadable.layers
+                  if layer.descriptor is not None),
+            image.index_digest or image.manifest_digest)
+        with locked(self.path / layout.LOCK):
+            entries = read_entries(self.path)
+            replaced = next((e.descriptor.digest for e in entries
+                             if e.name == name), None)
+            entries = [e for e in entries if e.name != name] + [entry]
+            self._write_entries(entries)
+        self.committed.append(Committed(
+            name, descriptor.digest,
+            replaced if replaced != descriptor.digest else None))
+
+    def _write_entries(self, entries: list[layout.Entry]) -> None:
+        # manifest.json first: a reader that finds index.json new finds
+        # the docker side new too. Both are written under the lock.
+        write_atomic(self.path / layout.DOCKER_MANIFEST,
+                     layout.docker_manifest_json(entries))
+        write_atomic(self.path / layout.REPOSITORIES,
+                     layout.repositories_json(entries))
+        write_atomic(self.path / layout.INDEX, layout.index_json(entries))
+
+    def _put_blob(self, digest: Digest, data: bytes) -> None:
+        target = self.path / layout.blob_path(digest)
+        if digest in self._verified or (
+                target.is_file() and file_digest(target) == digest):
+            self._verified.add(digest)
+            return
+        if Digest.of(data, digest.algorithm) != digest:
+            raise VerificationError(f"blob {digest} does not hash to its "
+                                    "digest; refusing to store it")
+        write_atomic(target, data)
+        self._verified.add(digest)
+
+    # -- locks -----------------------------------------------------------------
+
+    def _release(self, digest: Digest) -> None:
+        with self._claims_lock:
+            fd = self._claims.pop(digest, None)
+        if fd is not None:
+            os.close(fd)
+
+    def _release_all(self) -> None:
+        with self._claims_lock:
+            claims, self._claims = self._claims, {}
+        for fd in claims.values():
+            os.close(fd)
+
+
+def read_entries(path: Path) -> list[layout.Entry]:
+    index, docker = path / layout.INDEX, path / layout.DOCKER_MANIFEST
+    try:
+        return layout.parse_entries(index.read_bytes(), docker.read_bytes(),
+                                    str(path))
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise StoreError(f"cannot read {path}: {e.strerror}") from None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _hashed_fd(fd: int, digest: Digest) -> Hasher:
+    hasher = digest.hasher()
+    os.lseek(fd, 0, os.SEEK_SET)
+    while chunk := os.read(fd, _READ_CHUNK):
+        hasher.update(chunk)
+    return hasher
+
+
+def _hashed(path: Path, digest: Digest) -> Hasher:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return _hashed_fd(fd, digest)
+    finally:
+        os.close(fd)
