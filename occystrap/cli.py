@@ -15,7 +15,7 @@ from occystrap import __version__, pipeline, progress
 from occystrap.credentials import (
     CredentialSource, Credentials, find_credentials)
 from occystrap.errors import OccystrapError
-from occystrap.image import ImageWriter
+from occystrap.image import ImageSource, ImageWriter
 from occystrap.inputs.directory import DirectoryInput
 from occystrap.manifest import Platform
 from occystrap.outputs.directory import DirectoryWriter
@@ -361,6 +361,9 @@ def fetch_to_extracted(settings: Settings, use_unique_names, expand,
 def recreate_image(settings: Settings, directory, image, tag, tarfile):
     """Rebuild one image's loadable tarball from a directory, offline.
 
+    DIR is what fetch-to-extracted wrote (alone or shared), or a bundle
+    from fetch-to-bundle.
+
     Every layer is checked against the image config as it is copied.
 
     \b
@@ -368,8 +371,14 @@ def recreate_image(settings: Settings, directory, image, tag, tarfile):
       occystrap recreate-image merged_images homeassistant/home-assistant \\
           latest ha-latest.tar
     """
-    _run(settings, DirectoryInput(directory, image, tag),
-         TarballWriter(tarfile), tarfile)
+    from occystrap.inputs.bundle import BundleInput, is_bundle
+    source: ImageSource
+    if is_bundle(directory):
+        source = BundleInput.find(directory, image, tag, settings.platform,
+                                  settings.platform_required)
+    else:
+        source = DirectoryInput(directory, image, tag)
+    _run(settings, source, TarballWriter(tarfile), tarfile)
 
 
 @cli.command("fetch-to-bundle")

@@ -103,7 +103,7 @@ class Store:
             raise StoreError(f"{self.root} is not a directory")
         if self.is_merged:
             catalog = self.read_catalog()
-            for name in _candidates(repository):
+            for name in candidates(repository):
                 if tag in catalog.get(name, {}):
                     return self.root / catalog[name][tag]
             held = "; ".join(
@@ -115,7 +115,7 @@ class Store:
         if self.is_single:
             path = self.root / dockersave.MANIFEST
             tags = single_repo_tags(path)
-            wanted = {f"{n}:{tag}" for n in _candidates(repository)}
+            wanted = {f"{n}:{tag}" for n in candidates(repository)}
             if any(t in wanted or any(t.endswith("/" + w) for w in wanted)
                    for t in tags):
                 return path
@@ -145,7 +145,7 @@ def single_repo_tags(path: Path) -> list[str]:
     return [t for t in tags if isinstance(t, str)]
 
 
-def _candidates(repository: str) -> list[str]:
+def candidates(repository: str) -> list[str]:
     """Docker Hub's official images are stored as library/NAME."""
     names = [repository]
     if "/" not in repository:
