@@ -14,7 +14,8 @@ from occystrap.digest import Digest
 from occystrap.errors import OccystrapError
 from occystrap.image import Image
 from occystrap.inputs.registry import RegistryInput
-from occystrap.manifest import ImageIndex, Platform, parse_manifest
+from occystrap.manifest import (
+    Descriptor, ImageIndex, Platform, artifact_blobs, parse_manifest)
 from occystrap.outputs.bundle import BundleWriter
 from occystrap.reference import ImageReference
 from occystrap.registry import RegistryClient
@@ -86,9 +87,15 @@ def _fetch_one(reference: ImageReference, writer: BundleWriter,
                               reference.digest)
     parsed = parse_manifest(top.data, top.content_type)
     if isinstance(parsed, ImageIndex) and request.all_platforms:
+        # Entries that are not runnable images (build attestations) go in
+        # first, so the index, kept byte for byte, resolves whole.
+        images_in = parsed.images()
+        for entry in parsed.manifests:
+            if entry not in images_in:
+                _copy_artifact(client, reference, entry, writer)
         inputs = [RegistryInput(client, reference, request.platform,
                                 top=top, entry=entry)
-                  for entry in parsed.images()]
+                  for entry in images_in]
     else:
         inputs = [RegistryInput(client, reference, request.platform,
                                 request.platform_required, top=top)]
@@ -104,6 +111,18 @@ def _fetch_one(reference: ImageReference, writer: BundleWriter,
                    recorded.descriptor.digest if recorded else None,
                    tuple(image.platform for image in images),
                    bytes_read=read, layers_present=present)
+
+
+def _copy_artifact(client: RegistryClient, reference: ImageReference,
+                   entry: Descriptor, writer: BundleWriter) -> None:
+    """An index entry that is no image (an attestation): its manifest and
+    every blob it names, as they are, digests checked."""
+    repository = reference.repository
+    fetched = client.get_manifest(repository, str(entry.digest), entry.digest)
+    for blob in artifact_blobs(fetched.data, f"{reference} entry "
+                               f"{entry.digest.short()}"):
+        writer.put_blob(blob, client.blob_chunks(repository, blob))
+    writer.put_blob(entry, iter([fetched.data]))
 
 
 def _held(writer: BundleWriter, reference: ImageReference

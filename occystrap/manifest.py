@@ -231,6 +231,19 @@ def parse_config(data: bytes) -> ImageConfig:
         diff_ids)
 
 
+def artifact_blobs(data: bytes, what: str) -> list[Descriptor]:
+    """The config and layer blobs any manifest names, whatever they hold.
+
+    For carrying manifests that are not container images (attestations,
+    signatures) as they are, without judging their media types.
+    """
+    doc = _load_json(data, what)
+    raw = ([doc["config"]] if "config" in doc else []) + list(
+        doc.get("layers") or [])
+    return [Descriptor.parse(d, f"{what} blob {i}")
+            for i, d in enumerate(raw)]
+
+
 def check_layers(manifest: ImageManifest, config: ImageConfig,
                  what: str) -> None:
     """A manifest and its config must describe the same layers."""

@@ -58,8 +58,11 @@ class RegistryInput:
         config_bytes = self._client.fetch_blob(repo, parsed.config)
         config = parse_config(config_bytes)
         check_layers(parsed, config, str(ref))
-        if not check_platform(self._platform, config.platform,
-                              self._platform_required, str(ref)):
+        # An entry taken on purpose (every platform of an index) is no
+        # mismatch with the platform asked for.
+        if self._entry is None and not check_platform(
+                self._platform, config.platform, self._platform_required,
+                str(ref)):
             LOG.warning("%s is for %s, not %s", ref, config.platform,
                         self._platform)
         return Image(

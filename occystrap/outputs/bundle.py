@@ -196,6 +196,23 @@ class BundleWriter:
         finally:
             self._release(digest)
 
+    def put_blob(self, descriptor: Descriptor,
+                 chunks: Iterator[bytes]) -> None:
+        """Store one blob from digest-checked chunks, unless it is here."""
+        if self._has_blob(descriptor):
+            return
+        layer = Layer(0, descriptor.digest, descriptor)
+        self.resume_from(layer)
+        if self._has_blob(descriptor):
+            # Another run stored it while we waited for its lock.
+            self._release(descriptor.digest)
+            return
+        # Small blobs: a partial from an earlier run is simply redone.
+        with self._claims_lock:
+            fd = self._claims[descriptor.digest]
+        os.ftruncate(fd, 0)
+        self.write_layer(layer, chunks)
+
     def commit(self, image: Image) -> None:
         assert image.manifest is not None and image.manifest_digest
         with output_errors(self.path):
