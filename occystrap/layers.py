@@ -1,18 +1,19 @@
-"""Apply image layers (tar changesets) to a directory, treating every layer as hostile.
+"""Apply image layers (tar changesets) to a directory; every layer is hostile.
 
 Semantics follow the OCI image-spec "layer changesets" rules the way umoci and
 containerd implement them: entries replace whatever was at their path (a
 directory re-declared as a directory keeps its contents and takes the new
-metadata); ``.wh.NAME`` deletes NAME and ``.wh..wh..opq`` empties its directory,
-but only of what lower layers put there, never of what the same layer created.
+metadata); ``.wh.NAME`` deletes NAME and ``.wh..wh..opq`` empties its
+directory, but only of what lower layers put there, never of what the same
+layer created.
 
 Hostile-input policy: re-root, like umoci (and a chroot). Nothing is created,
 changed or deleted outside the root, and no hardlink points outside it.
 
 * Entry names and hardlink targets are cleaned lexically: leading ``/`` and
   ``.`` components are dropped and ``..`` is resolved, never climbing above the
-  root (``../../etc/x`` and ``/etc/x`` both become ``ROOT/etc/x``, with a warning
-  and ``LayerStats.rerooted`` counted for the ``..`` case).
+  root (``../../etc/x`` and ``/etc/x`` both become ``ROOT/etc/x``, with a
+  warning and ``LayerStats.rerooted`` counted for the ``..`` case).
 * Parent directories are walked one component at a time inside the root. A
   symlink met on the way is followed with chroot semantics: an absolute target
   starts again at the root and ``..`` stops at the root, so ``lib -> /usr/lib``
@@ -68,14 +69,16 @@ _CHUNK = 1 << 20
 # filepath-securejoin, which umoci and runc use for the same walk, gives up
 # after 255 links; matching it keeps the answer the same for looping layers.
 _MAX_SYMLINKS = 255
-_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_CREATE_FLAGS = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                 | os.O_CLOEXEC)
 _XATTR_PAX_PREFIX = "SCHILY.xattr."
 # Host policy labels and overlayfs internals are never the image's to set
 # (umoci ignores the same ones).
 _IGNORED_XATTRS = frozenset({"security.selinux"})
 _IGNORED_XATTR_PREFIXES = ("trusted.overlay.",)
 # Errors that mean "this filesystem or this user cannot have that xattr".
-_XATTR_SOFT_ERRNOS = frozenset({errno.EPERM, errno.EACCES, errno.ENOTSUP, errno.EOPNOTSUPP})
+_XATTR_SOFT_ERRNOS = frozenset(
+    {errno.EPERM, errno.EACCES, errno.ENOTSUP, errno.EOPNOTSUPP})
 _PAX_TIME = re.compile(r"([+-]?[0-9]+)(?:\.([0-9]*))?")
 
 _T = TypeVar("_T")
@@ -102,32 +105,35 @@ class LayerStats:
     specials: int = 0       # FIFOs and device nodes created
     bytes_written: int = 0  # regular file content
     whiteouts: int = 0      # whiteout and opaque markers applied
-    skipped: int = 0        # entries not created (devices when unprivileged, ...)
-    rerooted: int = 0       # names or link targets whose ".." climbed above the root
+    # Entries not created (devices when unprivileged, ...).
+    skipped: int = 0
+    # Names or link targets whose ".." climbed above the root.
+    rerooted: int = 0
 
     def __add__(self, other: LayerStats) -> LayerStats:
-        return LayerStats(**{f.name: getattr(self, f.name) + getattr(other, f.name)
-                             for f in dataclasses.fields(self)})
+        return LayerStats(**{
+            f.name: getattr(self, f.name) + getattr(other, f.name)
+            for f in dataclasses.fields(self)})
 
 
 def extract_layer(fileobj: BinaryIO, dest: Path) -> LayerStats:
-    """Unpack one layer tar into dest as it is: whiteout markers stay as plain files.
+    """Unpack one layer tar into dest as it is: whiteouts stay plain files.
 
-    Same safety rules as apply_layer. A hardlink to a file only a lower layer has
-    is skipped with a warning. fileobj is read sequentially, to its end, so an
-    upstream hashing reader sees every byte. dest is created if missing. Raises
-    LayerError for a broken or malicious layer.
+    Same safety rules as apply_layer. A hardlink to a file only a lower layer
+    has is skipped with a warning. fileobj is read sequentially, to its end, so
+    an upstream hashing reader sees every byte. dest is created if missing.
+    Raises LayerError for a broken or malicious layer.
     """
     return _Unpacker(dest, apply_whiteouts=False).run(fileobj)
 
 
 def apply_layer(fileobj: BinaryIO, root: Path) -> LayerStats:
-    """Apply one layer's changeset onto root; call once per layer, lowest first.
+    """Apply one layer's changeset onto root; once per layer, lowest first.
 
-    fileobj is read sequentially, to its end, so an upstream hashing reader sees
-    every byte; exceptions it raises pass through unchanged. root is created if
-    missing. Raises LayerError for a broken or malicious layer, after which the
-    state of root is undefined (as with umoci).
+    fileobj is read sequentially, to its end, so an upstream hashing reader
+    sees every byte; exceptions it raises pass through unchanged. root is
+    created if missing. Raises LayerError for a broken or malicious layer,
+    after which the state of root is undefined (as with umoci).
     """
     return _Unpacker(root, apply_whiteouts=True).run(fileobj)
 
@@ -136,7 +142,10 @@ _TRUNCATED = "_occystrap_truncated"
 
 
 class _TarInfo(tarfile.TarInfo):
-    """Notes a header cut short, which tarfile otherwise takes for the end (Go's tar does not)."""
+    """Notes a header cut short, which tarfile takes for the end.
+
+    Go's tar does not, so neither do we.
+    """
 
     @classmethod
     def fromtarfile(cls, archive: tarfile.TarFile) -> tarfile.TarInfo:
@@ -148,7 +157,7 @@ class _TarInfo(tarfile.TarInfo):
 
 
 class _SourceFailure(Exception):
-    """Carries an exception raised by the caller's stream past our OSError handling."""
+    """Carries an exception from the caller's stream past OSError handling."""
 
     def __init__(self, error: BaseException) -> None:
         super().__init__(str(error))
@@ -156,23 +165,28 @@ class _SourceFailure(Exception):
 
 
 class _Unpacker:
-    """One layer's worth of state. Paths are real (symlink-free) and relative to root."""
+    """One layer's worth of state.
+
+    Paths are real (symlink-free) and relative to root.
+    """
 
     def __init__(self, root: Path, apply_whiteouts: bool) -> None:
         self._root = os.path.abspath(os.fspath(root))
         try:
             os.makedirs(self._root, exist_ok=True)
         except OSError as err:
-            raise LayerError(f"cannot create {self._root}: {_describe(err)}") from err
+            raise LayerError(
+                f"cannot create {self._root}: {_describe(err)}") from err
         if not os.path.isdir(self._root):
-            raise LayerError(f"{self._root} is not a directory; choose an empty directory")
+            raise LayerError(f"{self._root} is not a directory; "
+                             "choose an empty directory")
         self._apply_whiteouts = apply_whiteouts
         self._privileged = os.geteuid() == 0
         self._chown = self._privileged
         self._counts = {f.name: 0 for f in dataclasses.fields(LayerStats)}
-        # Logical directory (as spelled in the tar) -> real directory. Only ever
-        # holds paths whose every component was seen to be a directory; it is
-        # dropped whenever a directory or symlink is removed.
+        # Logical directory (as spelled in the tar) -> real directory. Only
+        # ever holds paths whose every component was seen to be a directory;
+        # it is dropped whenever a directory or symlink is removed.
         self._dirs: dict[str, str] = {"": ""}
         # Real paths this layer created, plus their ancestors: whiteouts and
         # opaque markers must leave these alone (as umoci's upperPaths).
@@ -180,8 +194,9 @@ class _Unpacker:
         # Directories declared by this layer, applied at the end so their own
         # children do not disturb the mtime.
         self._declared: dict[str, _DirMetadata] = {}
-        # Directories this layer changed, as they were before; put back at the end
-        # unless declared, so a later layer does not rewrite a lower one's mtime.
+        # Directories this layer changed, as they were before; put back at the
+        # end unless declared, so a later layer does not rewrite a lower one's
+        # mtime.
         self._saved: dict[str, os.stat_result] = {}
         self._warned: set[object] = set()
         self._buffer = bytearray(_CHUNK)   # one copy buffer for every file
@@ -191,54 +206,65 @@ class _Unpacker:
     def run(self, fileobj: BinaryIO) -> LayerStats:
         try:
             # Opening already reads the first header, hence outside the `with`.
-            archive = tarfile.open(fileobj=fileobj, mode="r|", encoding="utf-8",  # noqa: SIM115
-                                   errors="surrogateescape", tarinfo=_TarInfo)
+            archive = tarfile.open(
+                fileobj=fileobj, mode="r|", encoding="utf-8",
+                errors="surrogateescape", tarinfo=_TarInfo)
         except tarfile.TarError as err:
-            raise LayerError(f"layer is not a valid tar stream: {err}") from err
+            raise LayerError(
+                f"layer is not a valid tar stream: {err}") from err
         with archive:
             while True:
                 try:
                     member = archive.next()
                 except (tarfile.TarError, UnicodeError) as err:
-                    raise LayerError(f"layer tar stream is damaged or truncated: {err}") from err
+                    raise LayerError(
+                        "layer tar stream is damaged or truncated: "
+                        f"{err}") from err
                 if member is None:
                     if getattr(archive, _TRUNCATED, False):
-                        raise LayerError("layer tar stream is truncated: it ends inside a header")
+                        raise LayerError("layer tar stream is truncated: "
+                                         "it ends inside a header")
                     break
-                # A stream is never revisited: dropping parsed headers keeps memory
-                # flat however many entries the layer has.
+                # A stream is never revisited: dropping parsed headers keeps
+                # memory flat however many entries the layer has.
                 archive.members.clear()
                 self._guarded(member.name, self._entry, archive, member)
             self._guarded(None, self._finish)
-        # Read any end padding so a verifying reader upstream hashes every byte.
+        # Read any end padding so a verifying reader upstream hashes every
+        # byte.
         while fileobj.read(_CHUNK):
             pass
         return LayerStats(**self._counts)
 
-    def _guarded(self, name: str | None, step: Callable[..., None], *args: object) -> None:
+    def _guarded(self, name: str | None, step: Callable[..., None],
+                 *args: object) -> None:
         failure: BaseException | None = None
         try:
             step(*args)
         except _SourceFailure as carried:
             failure = carried.error
         except (OSError, ValueError) as err:
-            where = f"layer entry {_shown(name)}" if name is not None else "layer"
-            raise LayerError(f"cannot unpack {where}: {_describe(err)}") from err
+            where = (f"layer entry {_shown(name)}" if name is not None
+                     else "layer")
+            raise LayerError(
+                f"cannot unpack {where}: {_describe(err)}") from err
         if failure is not None:
             # Raised outside the except block so the caller's exception arrives
             # exactly as its stream raised it.
             raise failure
 
-    def _entry(self, archive: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+    def _entry(self, archive: tarfile.TarFile,
+               member: tarfile.TarInfo) -> None:
         self._counts["entries"] += 1
         parts = self._clean(member.name, member)
         if not parts:
             if not member.isdir():
-                # A root turned into a symlink would carry every later entry outside
-                # it (umoci's CVE-2021-29136); umoci refuses this too.
+                # A root turned into a symlink would carry every later entry
+                # outside it (umoci's CVE-2021-29136); umoci refuses this too.
                 raise LayerError(
-                    f"layer entry {_shown(member.name)} would replace the root directory with a "
-                    "non-directory; refusing this malicious or broken layer")
+                    f"layer entry {_shown(member.name)} would replace the "
+                    "root directory with a non-directory; refusing this "
+                    "malicious or broken layer")
             self._directory("", member)
             return
         parents, name = parts[:-1], parts[-1]
@@ -249,8 +275,9 @@ class _Unpacker:
             if name.startswith(WHITEOUT_PREFIX):
                 self._whiteout(parents, name, member)
                 return
-        if not (member.isreg() or member.isdir() or member.issym() or member.islnk()
-                or member.isfifo() or member.ischr() or member.isblk()):
+        if not (member.isreg() or member.isdir() or member.issym()
+                or member.islnk() or member.isfifo() or member.ischr()
+                or member.isblk()):
             self._skip(member, f"unsupported tar entry type {member.type!r}")
             return
         if (member.ischr() or member.isblk()) and not self._privileged:
@@ -284,9 +311,10 @@ class _Unpacker:
         return f"{self._root}/{path}" if path else self._root
 
     def _clean(self, name: str, member: tarfile.TarInfo) -> list[str]:
-        """Split a tar name into components, lexically, never above the root."""
+        """Split a tar name into components lexically, never above root."""
         if "\x00" in name:
-            raise LayerError(f"layer entry {_shown(member.name)} has a NUL byte in a path")
+            raise LayerError(f"layer entry {_shown(member.name)} has a NUL "
+                             "byte in a path")
         parts: list[str] = []
         climbed = False
         for part in name.split("/"):
@@ -301,15 +329,16 @@ class _Unpacker:
             parts.append(part)
         if climbed:
             self._counts["rerooted"] += 1
-            LOG.warning("layer entry %s: path %s climbs above the root; keeping it inside",
-                        _shown(member.name), _shown(name))
+            LOG.warning("layer entry %s: path %s climbs above the root; "
+                        "keeping it inside", _shown(member.name), _shown(name))
         return parts
 
-    def _resolve(self, parts: list[str], create: bool, member: tarfile.TarInfo) -> str | None:
+    def _resolve(self, parts: list[str], create: bool,
+                 member: tarfile.TarInfo) -> str | None:
         """Map a logical directory to a real one inside the root, chroot-style.
 
-        With create, missing directories are made (mode 0755); without, a missing
-        or non-directory component gives None.
+        With create, missing directories are made (mode 0755); without, a
+        missing or non-directory component gives None.
         """
         known = self._dirs
         keys: list[str] = []
@@ -340,7 +369,7 @@ class _Unpacker:
             if part in ("", "."):
                 continue
             if part == "..":
-                if stack:           # the root is its own parent, as in a chroot
+                if stack:   # the root is its own parent, as in a chroot
                     stack.pop()
                 continue
             stack.append(part)
@@ -355,30 +384,34 @@ class _Unpacker:
                 links += 1
                 if links > _MAX_SYMLINKS:
                     raise LayerError(
-                        f"layer entry {_shown(member.name)}: too many levels of symbolic links "
-                        f"under {_shown('/'.join(stack))}")
+                        f"layer entry {_shown(member.name)}: too many levels "
+                        f"of symbolic links under {_shown('/'.join(stack))}")
                 target = os.readlink(self._abs(path))
                 stack.pop()
                 if target.startswith("/"):
-                    stack.clear()   # absolute targets start at the root, not the host's /
+                    # Absolute targets start at the root, not the host's /.
+                    stack.clear()
                 todo.extend(reversed(target.split("/")))
                 continue
             kinds[path] = kind
-            if kind == stat.S_IFDIR and not self._privileged and st.st_mode & 0o700 != 0o700:
+            if (kind == stat.S_IFDIR and not self._privileged
+                    and st.st_mode & 0o700 != 0o700):
                 self._touch(path, st)
-        # The stack is now free of symlinks; every component must be a directory.
+        # The stack is now free of symlinks; every component must be a
+        # directory.
         path = ""
         for part in stack:
             parent, path = path, _join(path, part)
-            kind = kinds.get(path, stat.S_IFDIR)  # unvisited ones are prefixes of base
+            # Unvisited ones are prefixes of base.
+            kind = kinds.get(path, stat.S_IFDIR)
             if kind == stat.S_IFDIR:
                 continue
             if not create:
                 return None
             if kind:
                 raise LayerError(
-                    f"layer entry {_shown(member.name)}: {_shown(path)} is in the way and is not a "
-                    "directory")
+                    f"layer entry {_shown(member.name)}: {_shown(path)} is "
+                    "in the way and is not a directory")
             self._touch(parent)
             target = self._abs(path)
             os.mkdir(target, 0o755)
@@ -390,15 +423,15 @@ class _Unpacker:
         return path
 
     def _touch(self, path: str, st: os.stat_result | None = None) -> None:
-        """Remember a directory as it was before this layer first changes it."""
+        """Remember a directory's state before this layer first changes it."""
         if path in self._saved:
             return
         if st is None:
             st = os.lstat(self._abs(path))
         self._saved[path] = st
         if not self._privileged and st.st_mode & 0o700 != 0o700:
-            # An unprivileged owner needs rwx to look up, add or remove entries;
-            # the image's mode comes back at the end of the layer.
+            # An unprivileged owner needs rwx to look up, add or remove
+            # entries; the image's mode comes back at the end of the layer.
             os.chmod(self._abs(path), stat.S_IMODE(st.st_mode) | 0o700)
 
     def _mark_upper(self, path: str) -> None:
@@ -420,15 +453,18 @@ class _Unpacker:
         self._remove(path)
         return make(target)
 
-    def _file(self, archive: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> None:
+    def _file(self, archive: tarfile.TarFile, member: tarfile.TarInfo,
+              path: str) -> None:
         source = archive.extractfile(member)
         assert source is not None
-        fd = self._create(path, lambda target: os.open(target, _CREATE_FLAGS, 0o600))
+        fd = self._create(
+            path, lambda target: os.open(target, _CREATE_FLAGS, 0o600))
         try:
             written = _copy(source, fd, self._buffer)
             if written != member.size:
-                raise LayerError(f"layer entry {_shown(member.name)} is truncated: "
-                                 f"{written} of {member.size} bytes")
+                raise LayerError(
+                    f"layer entry {_shown(member.name)} is truncated: "
+                    f"{written} of {member.size} bytes")
             self._own(member, fd)
             # After chown, which clears setuid/setgid bits.
             os.fchmod(fd, member.mode & 0o7777)
@@ -453,9 +489,11 @@ class _Unpacker:
                     existed = False
         self._own(member, target)
         self._set_xattrs(member, target, clear=existed)
-        # Mode and times wait for the end of the layer: entries written below would
-        # bump the mtime, and an unprivileged owner cannot write into a 0555 dir.
-        self._declared[path] = _DirMetadata(member.mode & 0o7777, *_times(member))
+        # Mode and times wait for the end of the layer: entries written below
+        # would bump the mtime, and an unprivileged owner cannot write into a
+        # 0555 dir.
+        self._declared[path] = _DirMetadata(member.mode & 0o7777,
+                                            *_times(member))
         self._counts["directories"] += 1
 
     def _symlink(self, path: str, member: tarfile.TarInfo) -> None:
@@ -484,18 +522,21 @@ class _Unpacker:
         if st is None:
             if not self._apply_whiteouts:
                 # A layer on its own may link to files its lower layers hold.
-                self._skip(member,
-                           f"hardlink target {_shown(member.linkname)} is not in this layer")
+                self._skip(member, f"hardlink target "
+                           f"{_shown(member.linkname)} is not in this layer")
                 return False
             raise LayerError(
                 f"layer entry {_shown(member.name)} is a hardlink to "
-                f"{_shown(member.linkname)}, which is neither in this layer (before it) nor "
-                "in the layers below")
+                f"{_shown(member.linkname)}, which is neither in this layer "
+                "(before it) nor in the layers below")
         if stat.S_ISDIR(st.st_mode):
-            raise LayerError(f"layer entry {_shown(member.name)} is a hardlink to directory "
-                             f"{_shown(member.linkname)}; hardlinks to directories are not allowed")
+            raise LayerError(
+                f"layer entry {_shown(member.name)} is a hardlink to "
+                f"directory {_shown(member.linkname)}; hardlinks to "
+                "directories are not allowed")
         if source == path:
-            raise LayerError(f"layer entry {_shown(member.name)} is a hardlink to itself")
+            raise LayerError(
+                f"layer entry {_shown(member.name)} is a hardlink to itself")
         self._create(path, lambda target: os.link(self._abs(source), target,
                                                   follow_symlinks=False))
         # Like umoci: a hardlink has no metadata of its own to apply.
@@ -509,7 +550,8 @@ class _Unpacker:
             kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
             device = os.makedev(member.devmajor, member.devminor)
         try:
-            self._create(path, lambda target: os.mknod(target, kind | 0o600, device))
+            self._create(
+                path, lambda target: os.mknod(target, kind | 0o600, device))
         except PermissionError:
             if kind == stat.S_IFIFO:
                 raise
@@ -539,7 +581,8 @@ class _Unpacker:
             self._chown = False
             LOG.warning("cannot set ownership %d:%d of layer entry %s (%s); "
                         "leaving files owned by the current user",
-                        member.uid, member.gid, _shown(member.name), err.strerror)
+                        member.uid, member.gid, _shown(member.name),
+                        err.strerror)
 
     def _set_xattrs(self, member: tarfile.TarInfo, target: str | int,
                     clear: bool = False) -> None:
@@ -552,7 +595,8 @@ class _Unpacker:
         if not wanted and not clear:
             return
         # follow_symlinks only applies to paths; an fd is the file itself.
-        nofollow = {} if isinstance(target, int) else {"follow_symlinks": False}
+        nofollow = ({} if isinstance(target, int)
+                    else {"follow_symlinks": False})
         if clear:
             try:
                 present = os.listxattr(target, **nofollow)
@@ -571,21 +615,25 @@ class _Unpacker:
                     raise
                 if (name, err.errno) not in self._warned:
                     self._warned.add((name, err.errno))
-                    LOG.warning("cannot set extended attribute %s (first on %s): %s; "
-                                "continuing without it", name, _shown(member.name), err.strerror)
+                    LOG.warning("cannot set extended attribute %s (first on "
+                                "%s): %s; continuing without it", name,
+                                _shown(member.name), err.strerror)
 
     # -- deleting -------------------------------------------------------------
 
-    def _whiteout(self, parents: list[str], name: str, member: tarfile.TarInfo) -> None:
+    def _whiteout(self, parents: list[str], name: str,
+                  member: tarfile.TarInfo) -> None:
         opaque = name == OPAQUE_WHITEOUT
         victim = name[len(WHITEOUT_PREFIX):]
         if not opaque:
             if victim in ("", ".", ".."):
                 raise LayerError(
-                    f"layer entry {_shown(member.name)} is a whiteout that names no entry "
-                    f"({victim!r}); refusing this malicious or broken layer")
+                    f"layer entry {_shown(member.name)} is a whiteout that "
+                    f"names no entry ({victim!r}); refusing this malicious "
+                    "or broken layer")
             if name.startswith(_WHITEOUT_META_PREFIX):
-                LOG.debug("ignoring AUFS/Docker metadata entry %s", _shown(member.name))
+                LOG.debug("ignoring AUFS/Docker metadata entry %s",
+                          _shown(member.name))
                 self._counts["skipped"] += 1
                 return
         self._counts["whiteouts"] += 1
@@ -611,8 +659,8 @@ class _Unpacker:
                 continue
             if not stat.S_ISDIR(st.st_mode):
                 continue
-            # Kept (or holding entries this layer created): hide only what lower
-            # layers put inside.
+            # Kept (or holding entries this layer created): hide only what
+            # lower layers put inside.
             self._touch(current, st)
             with os.scandir(self._abs(current)) as entries:
                 todo.extend(_join(current, entry.name) for entry in entries)
@@ -630,7 +678,8 @@ class _Unpacker:
         else:
             os.unlink(target)
             if stat.S_ISLNK(st.st_mode):
-                self._dirs = {"": ""}   # a cached resolution may have gone through it
+                # A cached resolution may have gone through it.
+                self._dirs = {"": ""}
 
     def _rmtree(self, path: str) -> None:
         """Delete a real directory tree without following any symlink in it."""
@@ -656,13 +705,14 @@ class _Unpacker:
                     else:
                         os.unlink(self._abs(child))
 
-    # -- end of layer -----------------------------------------------------------
+    # -- end of layer ---------------------------------------------------------
 
     def _finish(self) -> None:
         work: list[tuple[str, _DirMetadata]] = [
-            (path, _DirMetadata(stat.S_IMODE(before.st_mode), before.st_atime_ns,
-                                before.st_mtime_ns))
-            for path, before in self._saved.items() if path not in self._declared]
+            (path, _DirMetadata(stat.S_IMODE(before.st_mode),
+                                before.st_atime_ns, before.st_mtime_ns))
+            for path, before in self._saved.items()
+            if path not in self._declared]
         work.extend(self._declared.items())
         # Deepest first: an unprivileged owner must still be able to reach a
         # directory when its parent gets a restrictive mode back.
@@ -678,10 +728,12 @@ class _Unpacker:
             before = self._saved.get(path)
             if path not in self._declared and before is not None and (
                     (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino)):
-                continue    # replaced since; its remembered state is not its own
+                # Replaced since; its remembered state is not its own.
+                continue
             if stat.S_IMODE(st.st_mode) != wanted.mode:
                 os.chmod(target, wanted.mode)
-            os.utime(target, ns=(wanted.atime_ns, wanted.mtime_ns), follow_symlinks=False)
+            os.utime(target, ns=(wanted.atime_ns, wanted.mtime_ns),
+                     follow_symlinks=False)
 
 
 def _copy(source: BinaryIO, fd: int, buffer: bytearray) -> int:
@@ -703,7 +755,10 @@ def _copy(source: BinaryIO, fd: int, buffer: bytearray) -> int:
 
 
 def _times(member: tarfile.TarInfo) -> tuple[int, int]:
-    """(atime, mtime) in ns, exact to the PAX header; atime defaults to mtime (as umoci)."""
+    """(atime, mtime) in ns, exact to the PAX header.
+
+    atime defaults to mtime, as in umoci.
+    """
     mtime = _pax_time(member.pax_headers.get("mtime"))
     if mtime is None:
         mtime = int(member.mtime) * 1_000_000_000
@@ -712,7 +767,7 @@ def _times(member: tarfile.TarInfo) -> tuple[int, int]:
 
 
 def _pax_time(text: str | None) -> int | None:
-    """Parse a PAX time to ns the way Go's archive/tar does (truncating past 1 ns)."""
+    """Parse a PAX time to ns as Go's archive/tar does (truncating at 1 ns)."""
     if not text:
         return None
     match = _PAX_TIME.fullmatch(text)
@@ -748,5 +803,6 @@ def _shown(name: str) -> str:
 
 def _describe(err: BaseException) -> str:
     if isinstance(err, OSError) and err.strerror:
-        return f"{err.strerror}: {err.filename}" if err.filename else err.strerror
+        return (f"{err.strerror}: {err.filename}" if err.filename
+                else err.strerror)
     return str(err)
