@@ -349,12 +349,12 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.server.proxy.closed(self.connection)
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:  # http.server's naming
         self.server.proxy.handle(self)
 
-    do_HEAD = do_GET  # noqa: N815
+    do_HEAD = do_GET
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002
+    def log_message(self, format: str, *args) -> None:
         pass
 
 

@@ -784,7 +784,7 @@ def as_unprivileged(work: Callable[[], object]) -> object:
             os.setuid(NOBODY)
             payload = {"ok": work()}
             status = 0
-        except BaseException:  # noqa: BLE001 - the child must report anything, then exit
+        except BaseException:  # the child must report anything, then exit
             payload = {"error": traceback.format_exc()}
         finally:
             with os.fdopen(writer, "w") as out:
