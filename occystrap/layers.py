@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import io
 import logging
 import os
 import re
@@ -148,10 +149,11 @@ class _TarInfo(tarfile.TarInfo):
     """
 
     @classmethod
-    def fromtarfile(cls, archive: tarfile.TarFile) -> tarfile.TarInfo:
+    def fromtarfile(cls, archive: tarfile.TarFile) -> _TarInfo:
         try:
             return super().fromtarfile(archive)
-        except tarfile.TruncatedHeaderError:
+        # Undocumented, so typeshed leaves it out; present since Python 3.3.
+        except tarfile.TruncatedHeaderError:  # type: ignore[attr-defined]
             setattr(archive, _TRUNCATED, True)
             raise
 
@@ -227,7 +229,8 @@ class _Unpacker:
                     break
                 # A stream is never revisited: dropping parsed headers keeps
                 # memory flat however many entries the layer has.
-                archive.members.clear()
+                # (TarFile.members is undocumented, hence not in typeshed.)
+                archive.members.clear()  # type: ignore[attr-defined]
                 self._guarded(member.name, self._entry, archive, member)
             self._guarded(None, self._finish)
         # Read any end padding so a verifying reader upstream hashes every
@@ -349,12 +352,12 @@ class _Unpacker:
         start = len(keys)
         while start and keys[start - 1] not in known:
             start -= 1
-        real: str | None = known[keys[start - 1]] if start else ""
+        real = known[keys[start - 1]] if start else ""
         for index in range(start, len(parts)):
-            real = self._step(real, parts[index], create, member)
-            if real is None:
+            found = self._step(real, parts[index], create, member)
+            if found is None:
                 return None
-            known[keys[index]] = real
+            real = known[keys[index]] = found
         return real
 
     def _step(self, base: str, component: str, create: bool,
@@ -456,7 +459,8 @@ class _Unpacker:
     def _file(self, archive: tarfile.TarFile, member: tarfile.TarInfo,
               path: str) -> None:
         source = archive.extractfile(member)
-        assert source is not None
+        # Always an io.BufferedReader for a regular file: readinto is there.
+        assert isinstance(source, io.BufferedIOBase)
         fd = self._create(
             path, lambda target: os.open(target, _CREATE_FLAGS, 0o600))
         try:
@@ -519,7 +523,7 @@ class _Unpacker:
                 st = os.lstat(self._abs(source))
             except (FileNotFoundError, NotADirectoryError):
                 pass
-        if st is None:
+        if source is None or st is None:
             if not self._apply_whiteouts:
                 # A layer on its own may link to files its lower layers hold.
                 self._skip(member, f"hardlink target "
@@ -587,11 +591,11 @@ class _Unpacker:
     def _set_xattrs(self, member: tarfile.TarInfo, target: str | int,
                     clear: bool = False) -> None:
         wanted: dict[str, bytes] = {}
-        for key, value in member.pax_headers.items():
+        for key, text in member.pax_headers.items():
             if key.startswith(_XATTR_PAX_PREFIX):
                 name = key[len(_XATTR_PAX_PREFIX):]
                 if not _ignored_xattr(name):
-                    wanted[name] = value.encode("utf-8", "surrogateescape")
+                    wanted[name] = text.encode("utf-8", "surrogateescape")
         if not wanted and not clear:
             return
         # follow_symlinks only applies to paths; an fd is the file itself.
@@ -736,7 +740,7 @@ class _Unpacker:
                      follow_symlinks=False)
 
 
-def _copy(source: BinaryIO, fd: int, buffer: bytearray) -> int:
+def _copy(source: io.BufferedIOBase, fd: int, buffer: bytearray) -> int:
     view = memoryview(buffer)
     total = 0
     while True:
