@@ -221,13 +221,13 @@ def _explicit_credentials(ctx: click.Context, username: str | None,
         password = password.removesuffix("\n").removesuffix("\r")
         if not password:
             raise click.UsageError("--password-stdin read an empty password")
-    if username and password is None:
+    if not username:
+        if password is not None:
+            raise click.UsageError("--password needs --username")
+        return None
+    if password is None:
         raise click.UsageError(
             "--username needs --password or --password-stdin")
-    if password is not None and not username:
-        raise click.UsageError("--password needs --username")
-    if not username:
-        return None
     source = ("OCCYSTRAP_USERNAME" if ctx.get_parameter_source("username")
               == click.core.ParameterSource.ENVIRONMENT else "--username")
     return Credentials(username, password, source=source)
@@ -284,11 +284,12 @@ def _summary(summary: pipeline.Summary, destination: Path) -> str:
     image = summary.image
     name = image.repo_tag or image.source or f"{image.repository}:{image.tag}"
     digest = f"{image.manifest_digest}, " if image.manifest_digest else ""
-    sizes = [layer.size for layer in image.layers]
+    sizes = [layer.size for layer in image.layers
+             if layer.size is not None]
     skipped = (f", {summary.layers_skipped} already present"
                if summary.layers_skipped else "")
     total = (f" of {human_size(sum(sizes))}"
-             if all(size is not None for size in sizes) else "")
+             if len(sizes) == len(image.layers) else "")
     return (f"Saved {name} ({digest}{image.platform}, {len(image.layers)} "
             f"layers{skipped}; {human_size(summary.bytes_transferred)}"
             f"{total} read in {summary.seconds:.1f}s) to {destination}")

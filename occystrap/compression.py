@@ -6,7 +6,7 @@ them wrong often enough that the bytes themselves are the better witness.
 
 import io
 import zlib
-from typing import Iterable, Iterator
+from typing import IO, Iterable, Iterator, cast
 
 from occystrap.errors import LayerError
 
@@ -96,8 +96,10 @@ def _unzstd(head: bytes, rest: Iterator[bytes], what: str) -> Iterator[bytes]:
         raise LayerError(
             f"{what} is zstd-compressed; install zstd support with "
             "pip install 'occystrap[zstd]'") from None
+    # zstandard only calls read(); its stubs ask for a whole IO[bytes].
+    source = cast("IO[bytes]", _ChunkReader(head, rest))
     reader = zstandard.ZstdDecompressor().stream_reader(
-        _ChunkReader(head, rest), read_across_frames=True)
+        source, read_across_frames=True)
     try:
         while True:
             out = reader.read(_OUT_CHUNK)

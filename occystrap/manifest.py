@@ -137,12 +137,15 @@ class ImageIndex:
                 and d.platform.os != "unknown"]
 
     def select(self, wanted: Platform) -> Descriptor:
-        candidates = [d for d in self.images() if wanted.matches(d.platform)]
+        # (entry, its platform): images() only keeps entries that have one.
+        candidates = [(d, d.platform) for d in self.images()
+                      if d.platform is not None
+                      and wanted.matches(d.platform)]
         if wanted.variant is None and len(candidates) > 1:
             # Prefer the architecture's default variant (arm64 -> v8).
             default = _DEFAULT_VARIANTS.get(wanted.architecture)
-            preferred = [d for d in candidates
-                         if (d.platform.variant or default) == default]
+            preferred = [(d, p) for d, p in candidates
+                         if (p.variant or default) == default]
             candidates = preferred or candidates
         if not candidates:
             available = ", ".join(sorted({str(d.platform)
@@ -150,7 +153,7 @@ class ImageIndex:
             raise PlatformNotFound(
                 f"no image for platform {wanted} in this index; available: "
                 f"{available or 'none'}; choose one with --platform")
-        return candidates[0]
+        return candidates[0][0]
 
 
 def _load_json(data: bytes, what: str) -> dict:

@@ -97,7 +97,8 @@ class _Checker:
         at = self._offset - _BLOCK
         try:
             info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
-        except tarfile.EOFHeaderError:
+        # Undocumented, so typeshed leaves it out; present since Python 3.3.
+        except tarfile.EOFHeaderError:  # type: ignore[attr-defined]
             self._ended = True  # a zero block: the end of the archive
             return
         except tarfile.TarError as e:

@@ -80,7 +80,9 @@ def default_bundle(environ: Mapping[str, str]) -> str:
         if environ.get(name):
             return environ[name]
     import requests.certs  # not at import: keeps `occystrap --help` quick
-    return requests.certs.where()
+    # requests' documented CA hook (distributions point it at the system
+    # bundle); types-requests declares nothing in requests.certs.
+    return requests.certs.where()  # type: ignore[attr-defined]
 
 
 def certs_d_cas(certs_d: Path, host: str) -> list[Path]:

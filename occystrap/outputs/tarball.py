@@ -15,7 +15,7 @@ import tarfile
 import tempfile
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Final, Iterator
 
 from occystrap import dockersave
 from occystrap.digest import Digest
@@ -26,7 +26,7 @@ from occystrap.image import Flow, Image, Layer
 _BLOCK = tarfile.BLOCKSIZE
 # GNU headers hold any size in one block (base-256 past 8 GiB), so a header
 # can be written before its size is final and rewritten in place.
-_FORMAT = tarfile.GNU_FORMAT
+_FORMAT: Final = tarfile.GNU_FORMAT
 # Smaller than any real layer tar (two zero blocks end every archive).
 _MIN_HINT = 2 * _BLOCK
 _COPY_CHUNK = 1 << 20
