@@ -1,8 +1,20 @@
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+# The version lives in occystrap/__init__.py alone; read it as text, since
+# importing the package would need its dependencies before they are
+# installed.
+VERSION = re.search(
+    r'^__version__ = "([^"]+)"$',
+    (Path(__file__).parent / "occystrap" / "__init__.py").read_text(
+        encoding="utf-8"),
+    re.MULTILINE).group(1)
 
 setup(
     name="occystrap",
-    version="0.1.0",
+    version=VERSION,
     description="Fetch container images from registries without Docker or "
                 "root, for airgapped networks",
     long_description=open("README.md", encoding="utf-8").read(),
