@@ -14,7 +14,8 @@
      ├── VerificationError       a digest or size does not match what was promised
      ├── LayerError              a layer cannot be decompressed or unpacked safely
      ├── OutputError             the destination cannot be written as asked
-     └── StoreError              a shared directory is missing, damaged or inconsistent
+     ├── StoreError              a shared directory is missing, damaged or inconsistent
+     └── Cancelled               work stopped early because another part failed
 
 Every message says what went wrong and, where there is one, what to do next.
 """
@@ -82,3 +83,10 @@ class OutputError(OccystrapError):
 
 class StoreError(OccystrapError):
     pass
+
+
+class Cancelled(OccystrapError):
+    """Another layer failed; this one stopped early.
+
+    The pipeline reports that first failure, not the layers it cancelled.
+    """

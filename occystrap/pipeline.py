@@ -18,17 +18,13 @@ from typing import Callable, Iterable, Iterator, cast
 from occystrap import progress
 from occystrap.compression import decompress
 from occystrap.digest import Digest, verify
-from occystrap.errors import LayerError, OccystrapError, OutputError
+from occystrap.errors import Cancelled, LayerError, OutputError
 from occystrap.image import (
     BlobWriter, Flow, Image, ImageSource, ImageWriter, Layer)
 from occystrap.tarcheck import check_tar
 
 LOG = logging.getLogger(__name__)
 DEFAULT_PARALLEL = 4
-
-
-class Cancelled(OccystrapError):
-    """Another layer failed; this one stopped early."""
 
 
 @dataclasses.dataclass(frozen=True)
