@@ -15,13 +15,14 @@ from occystrap import __version__, pipeline, progress
 from occystrap.credentials import (
     CredentialSource, Credentials, find_credentials)
 from occystrap.errors import OccystrapError
+from occystrap.humanize import human_size
 from occystrap.image import ImageSource, ImageWriter
 from occystrap.inputs.directory import DirectoryInput
 from occystrap.manifest import Platform
 from occystrap.outputs.directory import DirectoryWriter
 from occystrap.outputs.tarball import TarballWriter
 from occystrap.reference import ImageReference
-from occystrap.terminal import ProgressDisplay, human_size
+from occystrap.terminal import ProgressDisplay
 from occystrap.tls import DEFAULT_CERTS_D
 
 if TYPE_CHECKING:

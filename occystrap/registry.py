@@ -19,6 +19,7 @@ from occystrap.digest import Digest, Hasher, verify
 from occystrap.errors import (
     AccessDenied, InvalidReference, NotFound, RateLimited, RegistryError, RegistryUnreachable,
     VerificationError)
+from occystrap.humanize import human_duration
 from occystrap.manifest import (
     ACCEPT, MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE, Descriptor)
 from occystrap.reference import Registry
@@ -142,7 +143,7 @@ class RegistryClient:
                 response.close()
                 raise RateLimited(
                     f"{self.registry.host} asks to wait "
-                    f"{_duration(retry_after)} before retrying "
+                    f"{human_duration(retry_after)} before retrying "
                     f"(HTTP {response.status_code}); try again later, or "
                     "authenticate (--username/--password) for a higher "
                     "pull limit", response.status_code, _redact(url))
@@ -643,14 +644,6 @@ def _retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
-
-
-def _duration(seconds: float) -> str:
-    if seconds >= 3600:
-        return f"{seconds / 3600:.1f}h"
-    if seconds >= 60:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds:.0f}s"
 
 
 def _redact(url: str) -> str:

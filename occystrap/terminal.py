@@ -5,30 +5,13 @@ import time
 from typing import Callable, TextIO
 
 from occystrap import progress
+from occystrap.humanize import human_duration, human_size
 from occystrap.image import Layer
 
 _REDRAW_EVERY = 0.1
 _BAR_WIDTH = 24
 # Beyond this many layers only the active ones get a line of their own.
 _MAX_LINES = 12
-
-
-def human_size(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "B" \
-                else f"{count:.1f} {unit}"
-        count /= 1024
-    raise AssertionError("unreachable")
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
 
 
 class _LayerState:
@@ -135,7 +118,7 @@ class ProgressDisplay:
         elapsed = now - (state.started or now)
         rate = state.done / elapsed if elapsed > 0.2 else 0
         speed = f"  {human_size(rate)}/s  ETA " \
-            f"{_duration((total - state.done) / rate)}" if rate else ""
+            f"{human_duration((total - state.done) / rate)}" if rate else ""
         return (f"{name}  [{bar[:_BAR_WIDTH]}] {human_size(state.done)} / "
                 f"{human_size(total)}{speed}")
 
@@ -149,7 +132,7 @@ class ProgressDisplay:
         rate = done / elapsed if elapsed > 0.2 else 0
         speed = f"  {human_size(rate)}/s" if rate else ""
         if rate and total > done:
-            speed += f"  ETA {_duration((total - done) / rate)}"
+            speed += f"  ETA {human_duration((total - done) / rate)}"
         images = (f"image {self._image.number + 1}/{self._image.total}  "
                   if self._image and self._image.total > 1 else "")
         return (f"{images}{finished}/{len(states)} layers  "

@@ -217,10 +217,10 @@ def test_short_retry_after_as_http_date_is_honoured(registry, proxy, repo, tmp_p
 
 
 @pytest.mark.parametrize("retry_after, shown", [
-    ("3600", "1.0h"),
+    ("3600", "1h00m"),
     (email.utils.format_datetime(datetime.now(timezone.utc) + timedelta(hours=2),
-                                 usegmt=True), "2.0h"),
-    ("600", "10m"),
+                                 usegmt=True), "2h00m"),
+    ("600", "10m00s"),
 ])
 def test_long_retry_after_stops_at_once(registry, proxy, repo, tmp_path, sleeps, retry_after,
                                         shown):
