@@ -65,8 +65,13 @@ class Platform:
                 "e.g. linux/amd64 or linux/arm64/v8")
         return cls(*parts)
 
-    def matches(self, other: "Platform") -> bool:
-        """Does `other` (from an index) satisfy this requested platform?"""
+    def matches(self, other: "Platform | None") -> bool:
+        """Does `other` (from an index) satisfy this requested platform?
+
+        An index entry without a platform satisfies none.
+        """
+        if other is None:
+            return False
         if (self.os, self.architecture) != (other.os, other.architecture):
             return False
         if self.variant is None:
