@@ -350,7 +350,8 @@ def fetch_to_extracted(settings: Settings, use_unique_names, expand,
     """
     reference = ImageReference.parse(registry, image, tag)
     _fetch(settings, reference,
-           DirectoryWriter(directory, use_unique_names, expand), directory)
+           DirectoryWriter(directory, shared=use_unique_names, expand=expand),
+           directory)
 
 
 @cli.command("recreate-image")

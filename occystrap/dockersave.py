@@ -1,7 +1,7 @@
 """The `docker save` layout (image spec v1.2), shared by writers and readers.
 
 Layers live at `<diff_id hex>/layer.tar`, so identical layers of different
-images share one path: that is what lets a merged directory store them once.
+images share one path: that is what lets a shared directory store them once.
 """
 
 import json

@@ -1,7 +1,8 @@
 """The extracted-directory layout: names and catalog, for writers and readers.
 
 A directory holds either one image (`manifest.json`, exactly the contents of
-a `docker save` tarball) or, with unique names, many images sharing layers:
+a `docker save` tarball) or is shared by many images that store common
+layers once (fetch-to-extracted --use-unique-names):
 `manifest-<repository with / as _>-<tag>.json` per image, and `catalog.json`
 mapping each repository to its tags and each tag to its manifest file.
 """
@@ -23,7 +24,7 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.@:-]+$")
 Catalog = dict[str, dict[str, str]]
 
 
-def unique_manifest_name(repository: str, tag: str, attempt: int = 0) -> str:
+def shared_manifest_name(repository: str, tag: str, attempt: int = 0) -> str:
     suffix = f"-{attempt}" if attempt else ""
     tag = tag.replace(":", "_")  # digests; ':' is unwelcome on FAT media
     return f"manifest-{repository.replace('/', '_')}-{tag}{suffix}.json"
@@ -45,13 +46,14 @@ class Store:
             == diff_id
 
     @property
-    def is_merged(self) -> bool:
+    def has_catalog(self) -> bool:
+        """A shared directory that holds at least one image."""
         return (self.root / CATALOG).exists()
 
     @property
     def is_shared(self) -> bool:
         """A shared directory, maybe still receiving its first image."""
-        return self.is_merged or (self.root / LOCK).exists()
+        return self.has_catalog or (self.root / LOCK).exists()
 
     @property
     def is_single(self) -> bool:
@@ -76,7 +78,7 @@ class Store:
         return doc
 
     def add_image(self, repository: str, tag: str, manifest: bytes) -> str:
-        """Write an image's manifest under its unique name; catalog it.
+        """Write an image's manifest under its own name; catalog it.
 
         Under a lock, so concurrent fetches into one directory all land.
         """
@@ -85,11 +87,11 @@ class Store:
             taken = {name: (repo, t) for repo, tags in catalog.items()
                      for t, name in tags.items()}
             attempt = 0
-            name = unique_manifest_name(repository, tag)
+            name = shared_manifest_name(repository, tag)
             # Repositories 'a/b' and 'a_b' would share a name: keep both.
             while taken.get(name, (repository, tag)) != (repository, tag):
                 attempt += 1
-                name = unique_manifest_name(repository, tag, attempt)
+                name = shared_manifest_name(repository, tag, attempt)
             write_atomic(self.root / name, manifest)
             catalog.setdefault(repository, {})[tag] = name
             write_atomic(self.root / CATALOG,
@@ -101,7 +103,7 @@ class Store:
         """The manifest file of repository:tag, from the catalog or alone."""
         if not self.root.is_dir():
             raise StoreError(f"{self.root} is not a directory")
-        if self.is_merged:
+        if self.has_catalog:
             catalog = self.read_catalog()
             for name in candidates(repository):
                 if tag in catalog.get(name, {}):

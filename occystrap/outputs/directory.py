@@ -1,7 +1,8 @@
 """Writes an image's docker-save elements into a directory.
 
-Alone, a directory holds one image and is exactly an unpacked tarball. With
-unique names, many images share it: layers are stored once, by content.
+Alone, a directory holds one image and is exactly an unpacked tarball.
+Shared (--use-unique-names), it holds many images, each manifest under its
+own name, and stores a layer they have in common once, by content.
 """
 
 import os
@@ -24,10 +25,10 @@ class DirectoryWriter:
     flow = Flow.LAYER
     wants_size_hints = False
 
-    def __init__(self, path: Path, unique_names: bool,
+    def __init__(self, path: Path, shared: bool,
                  expand: bool = False) -> None:
         self.path = path
-        self._unique = unique_names
+        self._shared = shared
         self._expand = expand
         self._expander: Expander | None = None
         self._staging: Path | None = None
@@ -52,7 +53,7 @@ class DirectoryWriter:
         if not path.parent.is_dir():
             raise OutputError(f"cannot write {path}: directory "
                               f"{path.parent} does not exist")
-        if self._unique:
+        if self._shared:
             self._prepare_shared()
             return
         if not path.exists():
@@ -100,7 +101,7 @@ class DirectoryWriter:
                 self._expander = Expander(self.root, image)
 
     def _check_same_image(self, image: Image) -> None:
-        if self._unique or self._staging:
+        if self._shared or self._staging:
             return
         manifest = self.path / dockersave.MANIFEST
         if not manifest.exists():
@@ -153,7 +154,7 @@ class DirectoryWriter:
         with output_errors(self.path):
             for name, data in dockersave.legacy_layer_files(image):
                 # A shared layer keeps the json the first image gave it.
-                if not (self._unique and (root / name).exists()):
+                if not (self._shared and (root / name).exists()):
                     write_atomic(root / name, data)
             config = self._store.config_file(image.config_digest)
             if not config.exists():
@@ -162,7 +163,7 @@ class DirectoryWriter:
                 # Before the image is catalogued: a layer that cannot be
                 # unpacked fails the whole fetch.
                 self._expander.wait()
-            if self._unique:
+            if self._shared:
                 name = self._store.add_image(image.repository, image.tag,
                                              dockersave.manifest_json(image))
                 if self._expander:
