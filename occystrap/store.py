@@ -8,6 +8,7 @@ mapping each repository to its tags and each tag to its manifest file.
 """
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -33,6 +34,10 @@ def shared_manifest_name(repository: str, tag: str, attempt: int = 0) -> str:
 class Store:
     def __init__(self, root: Path) -> None:
         self.root = root
+        # Layers whose content is known good, with the identity their file
+        # had then: an image sharing a layer with one before it in the same
+        # run then costs a stat, not a re-read of the whole layer.
+        self._verified: dict[Digest, tuple[int, ...]] = {}
 
     def layer_tar(self, diff_id: Digest) -> Path:
         return self.root / dockersave.layer_path(diff_id)
@@ -41,9 +46,32 @@ class Store:
         return self.root / dockersave.config_name(digest)
 
     def has_layer(self, diff_id: Digest) -> bool:
-        """A layer counts as present only if its content hashes right."""
-        return file_digest(self.layer_tar(diff_id), diff_id.algorithm) \
-            == diff_id
+        """A layer counts as present only if its content hashes right.
+
+        Hashed once per Store; again only if the file has been replaced or
+        changed since (another inode, size, mtime or ctime).
+        """
+        path = self.layer_tar(diff_id)
+        before = _identity(path)
+        if before is None:
+            return False
+        if self._verified.get(diff_id) == before:
+            return True
+        if file_digest(path, diff_id.algorithm) != diff_id:
+            return False
+        # Remembered only if nothing changed the file while it was read.
+        if _identity(path) == before:
+            self._verified[diff_id] = before
+        return True
+
+    def layer_verified(self, diff_id: Digest) -> None:
+        """Note that the layer file now holds verified content.
+
+        For a writer that has just moved checked bytes into place.
+        """
+        identity = _identity(self.layer_tar(diff_id))
+        if identity is not None:
+            self._verified[diff_id] = identity
 
     @property
     def has_catalog(self) -> bool:
@@ -145,6 +173,15 @@ def single_manifest(path: Path) -> dict:
 def single_repo_tags(path: Path) -> list[str]:
     tags = single_manifest(path).get("RepoTags") or []
     return [t for t in tags if isinstance(t, str)]
+
+
+def _identity(path: Path) -> tuple[int, ...] | None:
+    """What changes whenever a file is replaced or written to."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def candidates(repository: str) -> list[str]:

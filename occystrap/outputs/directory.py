@@ -138,6 +138,7 @@ class DirectoryWriter:
                 # ends) ever takes the final name.
                 os.replace(temp, target)
                 self._written.append(target)
+                self._store.layer_verified(layer.diff_id)
             except BaseException:
                 temp.unlink(missing_ok=True)
                 raise
