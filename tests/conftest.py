@@ -23,6 +23,9 @@ import imagebuild
 import pytest
 import requests
 import urllib3
+from click.testing import CliRunner, Result
+
+from occystrap.cli import cli
 
 REQUIRE_INTEGRATION = os.environ.get("OCCYSTRAP_REQUIRE_INTEGRATION") == "1"
 TOOL_TIMEOUT = 120
@@ -80,6 +83,47 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
         "-addext", "subjectAltName=IP:127.0.0.1",
     ])
     return cert, key
+
+
+# --- running occystrap ---------------------------------------------------------
+
+# Quick retries: a test that fails should fail at once, not after backoff.
+FAST = ("--retry-delay", "0", "--retries", "1")
+
+
+def occystrap(*args: str, input: str | None = None) -> Result:
+    """`occystrap FAST ARGS` in process, as CliRunner runs a click command."""
+    return CliRunner().invoke(cli, [*FAST, *args], input=input)
+
+
+def assert_error(result: Result, *phrases: str) -> str:
+    """The command failed as a user should see it fail; returns the message.
+
+    Exit status 1, and on stderr exactly one line: `Error: ...`, naming
+    every phrase given, with no traceback anywhere.
+    """
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    for phrase in phrases:
+        assert phrase in lines[0], lines[0]
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def assert_verbose_error(result: Result, *phrases: str) -> str:
+    """As assert_error, for a command run with --verbose.
+
+    The log and the traceback come first; the last line is still the one
+    `Error: ...` line, naming every phrase given.
+    """
+    assert result.exit_code == 1, result.output
+    assert "Traceback" in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: "), result.stderr
+    for phrase in phrases:
+        assert phrase in last, last
+    return last
 
 
 # --- registry ----------------------------------------------------------------

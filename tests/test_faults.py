@@ -23,14 +23,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 import conftest
 import imagebuild as ib
+from conftest import assert_error, assert_verbose_error, occystrap
 from faultproxy import (
     Cut, Drop, FaultProxy, Oversized, Redirect, Rewrite, Stall, Status, Trickle, corrupt,
     extend, ignore_range, replace_body, truncate, wrong_content_range)
-from occystrap.cli import cli
 from occystrap.digest import Digest
 from occystrap.errors import RegistryUnreachable
 from occystrap.manifest import Descriptor
@@ -39,8 +38,8 @@ from occystrap.outputs import tarball as tarball_output
 from occystrap.reference import Registry
 from occystrap.registry import RegistryClient, TransportOptions
 
-# No real sleeping between retries, few retries, short stalls.
-FAST = ["--retry-delay", "0", "--retries", "1", "--timeout", "1"]
+# Besides conftest.FAST's quick retries: short stalls.
+SHORT_TIMEOUT = ["--timeout", "1"]
 BIG = 300_000  # bytes of the large layer: several reads, room to cut
 SECRETS = ("PASSWORD-SECRET", "TOKEN-SECRET", "SIGNATURE-SECRET")
 
@@ -93,14 +92,10 @@ def blob(digest: str) -> str:
     return f"/blobs/{digest}"
 
 
-def occystrap(*args: str):
-    return CliRunner().invoke(cli, list(args))
-
-
 def fetch(proxy, repo: str, tag: str, out: Path, *options: str,
           command: str = "fetch-to-tarfile", flags=()):
     """Global `options`, then the command with its `flags`."""
-    return occystrap(*FAST, *options, command, *flags, proxy.url, repo, tag, str(out))
+    return occystrap(*SHORT_TIMEOUT, *options, command, *flags, proxy.url, repo, tag, str(out))
 
 
 def saved(result, out: Path, image: ib.Image) -> None:
@@ -117,17 +112,13 @@ def saved(result, out: Path, image: ib.Image) -> None:
 
 def failed(result, complaint: str, out: Path, earlier: bytes | None = None) -> str:
     """One `Error:` line naming the complaint; nothing new left near `out`."""
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    assert complaint in lines[0], lines[0]
-    assert "Traceback" not in result.output
+    message = assert_error(result, complaint)
     if earlier is None:
         assert list(out.parent.iterdir()) == [], "partial output left behind"
     else:
         assert [p.name for p in out.parent.iterdir()] == [out.name], "temporary left behind"
         assert out.read_bytes() == earlier, "earlier output damaged"
-    return lines[0]
+    return message
 
 
 def output_path(tmp_path: Path, name: str = "image.tar") -> Path:
@@ -674,7 +665,7 @@ def test_failure_keeps_an_earlier_directory_intact(registry, proxy, repo, tmp_pa
     del before[out / pushed.big.diff_id[7:] / "layer.tar"]
     proxy.add(Rewrite(blob(pushed.big.digest), corrupt(1000)))
     result = fetch(proxy, repo, "v1", out, command="fetch-to-extracted")
-    assert result.exit_code == 1 and "digest mismatch" in result.stderr, result.output
+    assert_error(result, "digest mismatch")
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
@@ -686,7 +677,7 @@ def test_failure_into_an_empty_directory_leaves_it_empty(registry, proxy, repo, 
     out.mkdir()
     proxy.add(Rewrite(blob(pushed.small.digest), corrupt(100)))
     result = fetch(proxy, repo, "v1", out, command="fetch-to-extracted")
-    assert result.exit_code == 1 and "digest mismatch" in result.stderr, result.output
+    assert_error(result, "digest mismatch")
     assert list(out.iterdir()) == []
 
 
@@ -728,9 +719,7 @@ def test_full_disk_leaves_earlier_output_intact(registry, proxy, repo, tiny_disk
     assert result.exit_code == 0, result.output
     before = {p: p.read_bytes() for p in tiny_disk.rglob("*") if p.is_file()}
     result = fetch(proxy, repo, "big", out, command=command, flags=flags)
-    assert result.exit_code == 1
-    assert "No space left on device" in result.stderr, result.output
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert_error(result, "No space left on device")
     after = {p: p.read_bytes() for p in tiny_disk.rglob("*") if p.is_file()}
     assert after == before
 
@@ -741,8 +730,7 @@ def test_full_disk_into_a_new_target_leaves_nothing(registry, proxy, repo, tiny_
     push_large(registry, repo)
     out = tiny_disk / ("image.tar" if command == "fetch-to-tarfile" else "dir")
     result = fetch(proxy, repo, "big", out, command=command)
-    assert result.exit_code == 1
-    assert "No space left on device" in result.stderr, result.output
+    assert_error(result, "No space left on device")
     assert list(tiny_disk.iterdir()) == []
 
 
@@ -846,8 +834,7 @@ def test_bad_ca_file_leaves_no_temporary(registry, proxy, repo, tmp_path):
     bad.write_text("not a certificate\n")
     out = output_path(tmp_path)
     result = fetch(proxy, repo, "v1", out, "--ca-cert", str(bad))
-    assert result.exit_code == 1, result.output
-    assert result.stderr.startswith("Error: "), result.stderr
+    assert_error(result)
     assert list(out.parent.iterdir()) == []
 
 
@@ -870,10 +857,8 @@ def test_secrets_never_appear_even_verbose(registry, blobhost, repo, tmp_path, b
         proxy.add(Redirect(r"/blobs/", target, query="X-Amz-Signature=SIGNATURE-SECRET"))
         result = fetch(proxy, repo, "v1", out, "--verbose", "--username", "user",
                        "--password", "PASSWORD-SECRET")
-    assert result.exit_code == 1
-    assert "Traceback" in result.stderr  # --verbose does show details
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("Error: ") and "127.0.0.1" in last
+    # --verbose does show details, the traceback too.
+    assert_verbose_error(result, "127.0.0.1")
     for secret in SECRETS:
         assert secret not in result.output
     assert list(out.parent.iterdir()) == []

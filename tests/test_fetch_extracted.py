@@ -9,16 +9,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from click.testing import CliRunner
 
 import imagebuild as ib
-from occystrap.cli import cli
-
-FAST = ["--retry-delay", "0", "--retries", "1"]
-
-
-def occystrap(*args: str):
-    return CliRunner().invoke(cli, [*FAST, *args])
+from conftest import assert_error, occystrap
 
 
 def ok(*args: str):
@@ -100,9 +93,8 @@ def test_plain_directory_refuses_a_second_image(registry, repo, tmp_path):
 
     result = occystrap("fetch-to-extracted", registry.host, repo, "second",
                        str(target))
-    assert result.exit_code == 1
-    assert f"already holds {registry.host}/{repo}:first" in result.stderr
-    assert "--use-unique-names" in result.stderr
+    assert_error(result, f"already holds {registry.host}/{repo}:first",
+                 "--use-unique-names")
     assert sorted(p.name for p in target.iterdir()) == before
     # The same image again is fine, and downloads nothing it has.
     again = ok("fetch-to-extracted", registry.host, repo, "first",
@@ -198,15 +190,13 @@ def test_recreate_refuses_a_damaged_store(registry, repo, tmp_path):
     out.parent.mkdir()
 
     result = occystrap("recreate-image", str(merged), repo, "v1", str(out))
-    assert result.exit_code == 1
-    assert result.stderr.startswith("Error: digest mismatch for layer 1 ")
-    assert str(damaged) in result.stderr
+    message = assert_error(result, str(damaged))
+    assert message.startswith("Error: digest mismatch for layer 1 ")
     assert list(out.parent.iterdir()) == []
 
     damaged.unlink()
     result = occystrap("recreate-image", str(merged), repo, "v1", str(out))
-    assert result.exit_code == 1
-    assert "is missing; fetch the image again" in result.stderr
+    assert_error(result, "is missing; fetch the image again")
     assert list(out.parent.iterdir()) == []
 
 
@@ -237,10 +227,9 @@ def test_recreate_errors(registry, repo, tmp_path, setup, image, complaint):
         store.mkdir()
     result = occystrap("recreate-image", str(store), image, "v1",
                        str(tmp_path / "x.tar"))
-    assert result.exit_code == 1
-    assert complaint in result.stderr
+    message = assert_error(result, complaint)
     if setup == "merged":
-        assert f"it holds {repo}: v1" in result.stderr
+        assert f"it holds {repo}: v1" in message
     assert not (tmp_path / "x.tar").exists()
 
 
@@ -250,8 +239,7 @@ def test_failed_fetch_leaves_no_directory(registry, repo, tmp_path):
         target = tmp_path / f"new{len(flags)}"
         result = occystrap("fetch-to-extracted", *flags, registry.host, repo,
                            "nope", str(target))
-        assert result.exit_code == 1
-        assert "tag 'nope' not found" in result.stderr
+        assert_error(result, "tag 'nope' not found")
         assert list(tmp_path.iterdir()) == []
 
 
@@ -277,8 +265,7 @@ def test_failed_fetch_keeps_an_existing_store_intact(registry, repo,
 
     result = occystrap("fetch-to-extracted", "--use-unique-names",
                        registry.host, repo, "bad", str(merged))
-    assert result.exit_code == 1
-    assert "digest mismatch" in result.stderr
+    assert_error(result, "digest mismatch")
     after = {p: p.read_bytes() for p in merged.rglob("*") if p.is_file()}
     assert after == snapshot
     assert not any(p.name.endswith(".tmp") for p in merged.rglob("*"))

@@ -5,17 +5,10 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 import imagebuild as ib
-from conftest import skopeo_inspect_archive
-from occystrap.cli import cli
-
-FAST = ["--retry-delay", "0", "--retries", "1"]
-
-
-def occystrap(*args: str):
-    return CliRunner().invoke(cli, [*FAST, *args])
+from conftest import (
+    assert_error, assert_verbose_error, occystrap, skopeo_inspect_archive)
 
 
 def _two_layer_image(oci=False, compression="gzip", **kwargs):
@@ -149,13 +142,9 @@ def _fails(tmp_path: Path, *args: str, complaint: str):
     out = tmp_path / "out" / "image.tar"
     out.parent.mkdir()
     result = occystrap(*args[:-3], "fetch-to-tarfile", *args[-3:], str(out))
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    assert complaint in lines[0]
-    assert "Traceback" not in result.output
+    message = assert_error(result, complaint)
     assert list(out.parent.iterdir()) == [], "partial output left behind"
-    return lines[0]
+    return message
 
 
 def test_wrong_tag_lists_available_tags(registry, repo, tmp_path):
@@ -201,9 +190,7 @@ def test_bad_input(registry, tmp_path, registry_name, image, tag, complaint):
 def test_verbose_shows_traceback(registry, tmp_path):
     result = occystrap("--verbose", "fetch-to-tarfile", registry.host,
                        "no/such", "v1", str(tmp_path / "x.tar"))
-    assert result.exit_code == 1
-    assert "Traceback" in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("Error: ")
+    assert_verbose_error(result, "repository no/such not found")
 
 
 def test_python_dash_m(registry, repo, tmp_path):

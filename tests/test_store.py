@@ -4,11 +4,10 @@ import os
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 import imagebuild as ib
+from conftest import occystrap
 from occystrap import pipeline, store
-from occystrap.cli import cli
 from occystrap.digest import Digest
 from occystrap.inputs.directory import DirectoryInput
 from occystrap.outputs.directory import DirectoryWriter
@@ -83,9 +82,8 @@ def test_a_layer_shared_by_images_of_one_run_is_not_reread(registry, repo, tmp_p
     registry.push_image(repo, two, "two")
     source = tmp_path / "source"
     for tag in ("one", "two"):
-        result = CliRunner().invoke(cli, [
-            "--retry-delay", "0", "fetch-to-extracted", "--use-unique-names",
-            registry.host, repo, tag, str(source)])
+        result = occystrap("fetch-to-extracted", "--use-unique-names",
+                           registry.host, repo, tag, str(source))
         assert result.exit_code == 0, result.output
     hashed.clear()
     # Both images into one destination in one run, as a many-image fetch
