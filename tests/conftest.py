@@ -50,10 +50,12 @@ def need_tool(name: str) -> str:
 
 def run_tool(
     args: list[str], *, timeout: float = TOOL_TIMEOUT, env: Mapping[str, str] | None = None,
+    umask: int | None = None,
 ) -> bytes:
     """Run a tool to completion and return its stdout; raise with its stderr on failure."""
     result = subprocess.run(
         args, capture_output=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL, check=False,
+        preexec_fn=None if umask is None else lambda: os.umask(umask),
     )
     if result.returncode != 0:
         output = (result.stderr + result.stdout).decode(errors="replace")
@@ -353,9 +355,15 @@ def skopeo_copy(source: str, destination: str, *flags: str) -> None:
 
 
 def umoci_unpack(oci_layout_dir: Path | str, tag: str, dest: Path | str) -> Path:
-    """Unpack an OCI layout's tag into a new bundle `dest`; return its rootfs."""
-    command = [need_tool("umoci"), "unpack", "--image", f"{oci_layout_dir}:{tag}"]
+    """Unpack an OCI layout's tag into a new bundle `dest`; return its rootfs.
+
+    umoci is the reference for how layers apply, so this is also how the
+    layer tests see the tree they must match.
+    """
+    command = [need_tool("umoci"), "--log", "error", "unpack", "--image",
+               f"{oci_layout_dir}:{tag}"]
     if os.geteuid() != 0:
         command.append("--rootless")
-    run_tool([*command, str(dest)])
+    # A fixed umask: umoci leaves it to decide the mode of implicit parents.
+    run_tool([*command, str(dest)], umask=0o022)
     return Path(dest) / "rootfs"

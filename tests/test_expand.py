@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 import imagebuild as ib
-from conftest import assert_error, occystrap, skopeo_copy
-from test_layers import (
+from conftest import assert_error, occystrap, skopeo_copy, umoci_unpack
+from layertrees import (
     assert_same_as_umoci, crafted_layers, dir_, make_layer, realistic_layers,
-    reg, sym, umoci_unpack, wh)
+    reg, sym, wh)
 
 
 def _push(registry, repo, tars: list[bytes], tag="v1") -> ib.Image:
@@ -25,7 +25,7 @@ def _umoci_tree(registry, repo, tmp_path: Path, tag="v1") -> Path:
     layout = tmp_path / "oci"
     skopeo_copy(f"docker://{registry.host}/{repo}:{tag}", f"oci:{layout}:{tag}",
                 "--src-tls-verify=false")
-    return umoci_unpack(f"{layout}:{tag}", tmp_path / "bundle")
+    return umoci_unpack(layout, tag, tmp_path / "bundle")
 
 
 def _snapshot(top: Path) -> dict:
