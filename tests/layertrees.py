@@ -11,12 +11,11 @@ import dataclasses
 import hashlib
 import io
 import os
+import random
 import stat
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-
-import pytest
 
 ROOT = os.geteuid() == 0
 MTIME = 1_600_000_000
@@ -223,75 +222,232 @@ def crafted_layers() -> list[bytes]:
     return [base, changes, final]
 
 
-_HOST_TREES = ("etc", "usr/lib/python3.11", "usr/share/zoneinfo")
+# A made-up distribution, the same bytes on every host: a seeded generator
+# gives it the shape that matters (thousands of small files, symlink farms,
+# hardlinked zoneinfo, odd modes and names), not any real content.
+PYTHON = "usr/lib/python3"
+PASSWD = b"root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000::/home/user:\n"
+_PACKAGES = (
+    "asyncio", "collections", "concurrent", "ctypes", "curses", "dbm", "email", "encodings",
+    "ensurepip", "html", "http", "idlelib", "importlib", "json", "lib2to3", "logging",
+    "multiprocessing", "pydoc_data", "re", "sqlite3", "tkinter", "tomllib", "unittest",
+    "urllib", "venv", "wsgiref", "xml", "xmlrpc", "zipfile", "zoneinfo")
+_MODULES = ("abc", "argparse", "base64", "bisect", "calendar", "codecs", "contextlib", "copy",
+            "csv", "dataclasses", "datetime", "enum", "fnmatch", "functools", "glob", "gzip",
+            "hashlib", "heapq", "hmac", "inspect", "io", "ipaddress", "keyword", "locale",
+            "mimetypes", "numbers", "operator", "os", "pathlib", "pickle", "platform",
+            "queue", "random", "shlex", "shutil", "signal", "socket", "ssl", "stat", "string",
+            "struct", "subprocess", "tarfile", "tempfile", "textwrap", "threading", "token",
+            "traceback", "types", "typing", "uuid", "warnings", "weakref")
+_REGIONS = ("Africa", "America", "Antarctica", "Asia", "Atlantic", "Australia", "Europe",
+            "Indian", "Pacific")
 
 
-def _readable(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-    """tarfile.add filter: leave out what this user cannot read (/etc/shadow when not root)."""
-    wanted = os.R_OK | os.X_OK if info.isdir() else os.R_OK
-    if (info.isdir() or info.isreg()) and not os.access("/" + info.name, wanted):
-        return None
-    return info
+class _Rootfs:
+    """Entries for one layer at a time, with plausible sizes, modes and times."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.entries: list[Entry] = []
+
+    def take(self) -> bytes:
+        layer, self.entries = make_layer(*self.entries), []
+        return layer
+
+    def mtime(self) -> int:
+        return MTIME + self.rng.randrange(10_000_000)
+
+    def text(self, low: int = 40, high: int = 6000) -> bytes:
+        words = ("import", "def", "return", "self", "class", "value", "if", "else", "None",
+                 "for", "in", "yield", "raise", "with", "as", "not", "and", "or")
+        size = self.rng.randrange(low, high)
+        out = " ".join(self.rng.choice(words) for _ in range(size // 5))
+        return out.encode()[:size] + b"\n"
+
+    def dir(self, name: str, mode: int = 0o755, **kw) -> str:
+        self.entries.append(dir_(name, mode=mode, mtime=self.mtime(), **kw))
+        return name
+
+    def file(self, name: str, data: bytes | None = None, mode: int = 0o644, **kw) -> str:
+        kw.setdefault("mtime", self.mtime())
+        self.entries.append(reg(name, self.text() if data is None else data, mode=mode, **kw))
+        return name
+
+    def link(self, name: str, target: str) -> str:
+        self.entries.append(sym(name, target, mtime=self.mtime()))
+        return name
+
+    def hardlink(self, name: str, target: str) -> str:
+        self.entries.append(hard(name, target))
+        return name
 
 
-def _add_tree(archive: tarfile.TarFile, top: str, keep: Callable[[str], bool] = lambda _: True,
-              with_top: bool = True) -> None:
-    """Add host /top under its own name, symlinks and hardlinks kept as such.
+def _base(fs: _Rootfs) -> None:
+    """/etc with its symlink farms, binaries with special bits, odd corners."""
+    for name in ("usr", "usr/lib", "usr/share", "usr/bin", "usr/sbin", "var", "var/lib",
+                 "etc"):
+        fs.dir(name)
+    fs.dir("tmp", mode=0o1777)
+    fs.dir("root", mode=0o700)
+    fs.dir("dev")
+    fs.entries.append(fifo("dev/initctl", mtime=fs.mtime()))
+    if ROOT:
+        fs.entries.append(chardev("dev/null", 1, 3, mtime=fs.mtime()))
+        fs.entries.append(chardev("dev/tty", 5, 0, mode=0o620, gid=5, mtime=fs.mtime()))
+    fs.file("etc/passwd", PASSWD)
+    fs.file("etc/shadow", b"root:*:19000:0:99999:7:::\n", mode=0o640, gid=42)
+    fs.file("etc/sudoers", b"root ALL=(ALL:ALL) ALL\n", mode=0o440)
+    fs.file("etc/hostname", b"")
+    fs.link("etc/localtime", "/usr/share/zoneinfo/Etc/UTC")
+    # Binaries, a few with setuid/setgid bits and capabilities.
+    fs.dir("etc/alternatives")
+    for number in range(60):
+        name = f"usr/bin/tool{number:02d}"
+        fs.file(name, fs.rng.randbytes(fs.rng.randrange(100, 20_000)), mode=0o755)
+        if number % 3 == 0:
+            fs.link(f"etc/alternatives/alt{number:02d}", "/" + name)
+            fs.link(f"usr/bin/alt{number:02d}", f"/etc/alternatives/alt{number:02d}")
+    fs.file("usr/bin/su", fs.rng.randbytes(5000), mode=0o4755)
+    fs.file("usr/bin/passwd", fs.rng.randbytes(5000), mode=0o4755)
+    fs.file("usr/bin/wall", fs.rng.randbytes(3000), mode=0o2755, gid=5)
+    fs.file("usr/bin/crontab", fs.rng.randbytes(3000), mode=0o2755, gid=5)
+    capability = bytes.fromhex("0100000200200000000000000000000000000000")
+    fs.file("usr/bin/ping", fs.rng.randbytes(4000), mode=0o755, pax={
+        "SCHILY.xattr.security.capability": capability.decode("utf-8", "surrogateescape"),
+        "SCHILY.xattr.user.origin": "ping from iputils"} if ROOT else None)
+    fs.file("usr/lib/libbig.so.1", fs.rng.randbytes(3 << 20), mode=0o755)
+    fs.link("usr/lib/libbig.so", "libbig.so.1")
+    # CA certificates: files, links to them, and hash links to the links.
+    fs.dir("usr/share/ca-certificates")
+    fs.dir("etc/ssl")
+    fs.dir("etc/ssl/certs")
+    for number in range(120):
+        name = f"Authority_{number:03d}"
+        fs.file(f"usr/share/ca-certificates/{name}.crt", fs.text(800, 2000))
+        fs.link(f"etc/ssl/certs/{name}.pem", f"/usr/share/ca-certificates/{name}.crt")
+        fs.link(f"etc/ssl/certs/{fs.rng.getrandbits(32):08x}.0", f"{name}.pem")
+    # Services, and the runlevel links to them.
+    fs.dir("etc/init.d")
+    for number in range(15):
+        fs.file(f"etc/init.d/service{number}", fs.text(), mode=0o755)
+    for level in range(7):
+        fs.dir(f"etc/rc{level}.d")
+        for number in range(0, 15, 2):
+            fs.link(f"etc/rc{level}.d/S{number:02d}service{number}",
+                    f"../init.d/service{number}")
+    # Configuration, some of it private to its owner.
+    for number in range(25):
+        package = fs.dir(f"etc/package{number}", mode=0o750 if number % 7 == 0 else 0o755,
+                         gid=4 if number % 7 == 0 else 0)
+        for item in range(fs.rng.randrange(1, 8)):
+            fs.file(f"{package}/setting{item}.conf", mode=0o600 if item == 0 else 0o644)
+    # Corners: a home owned by a user, a read-only directory with files in it,
+    # names past tar's 100 bytes, non-ASCII names, times finer than a second.
+    fs.dir("home")
+    fs.dir("home/user", mode=0o750, uid=1000, gid=1000)
+    fs.file("home/user/.profile", uid=1000, gid=1000)
+    fs.link("home/user/link", ".profile")
+    fs.dir("usr/share/readonly", mode=0o555)
+    for number in range(5):
+        fs.file(f"usr/share/readonly/file{number}", mode=0o444)
+    deep = "usr/share/doc"
+    fs.dir(deep)
+    for part in ("a-rather-long-directory-name-for-documentation",
+                 "with-another-long-component-below-it", "and-a-third-one-to-pass-100"):
+        deep = fs.dir(f"{deep}/{part}")
+    fs.file(f"{deep}/README.with.a.long.name.too")
+    fs.link("usr/share/doc/shortcut", "/" + deep + "/README.with.a.long.name.too")
+    fs.dir("usr/share/doc/naïve café")
+    fs.file("usr/share/doc/naïve café/Ünïcödé ✓.txt")
+    fs.file("usr/share/doc/precise", pax={"mtime": "1600000000.123456789",
+                                          "atime": "1600000001.5"})
+    fs.file("usr/share/doc/empty", b"")
 
-    keep picks which of top's children (by name) go into this layer.
-    """
-    if with_top:
-        archive.add("/" + top, arcname=top, recursive=False, filter=_readable)
-    for name in sorted(os.listdir("/" + top)):
-        if keep(name):
-            archive.add(f"/{top}/{name}", arcname=f"{top}/{name}", filter=_readable)
+
+def _python(fs: _Rootfs, keep: Callable[[str], bool], top: bool) -> None:
+    """The standard library's names that `keep` picks: modules, packages and bytecode."""
+    if top:
+        fs.dir(PYTHON)
+    for module in _MODULES:
+        if keep(module):
+            fs.file(f"{PYTHON}/{module}.py")
+    for package in _PACKAGES:
+        if not keep(package):
+            continue
+        root = fs.dir(f"{PYTHON}/{package}")
+        for sub in ("", *(f"/sub{n}" for n in range(fs.rng.randrange(0, 3)))):
+            where = root + sub
+            if sub:
+                fs.dir(where)
+            cache = fs.dir(f"{where}/__pycache__")
+            for number in range(fs.rng.randrange(3, 25)):
+                name = "__init__" if number == 0 else f"module{number}"
+                fs.file(f"{where}/{name}.py")
+                fs.file(f"{cache}/{name}.cpython-3.pyc", fs.rng.randbytes(
+                    fs.rng.randrange(100, 8000)))
+
+
+def _zoneinfo(fs: _Rootfs) -> None:
+    """Zone files, with posix/ hardlinked to them and aliases as symlinks."""
+    zoneinfo = fs.dir("usr/share/zoneinfo")
+    fs.dir(f"{zoneinfo}/Etc")
+    fs.file(f"{zoneinfo}/Etc/UTC", fs.rng.randbytes(114))
+    fs.link(f"{zoneinfo}/UTC", "Etc/UTC")
+    zones = []
+    for region in _REGIONS:
+        fs.dir(f"{zoneinfo}/{region}")
+        for number in range(fs.rng.randrange(15, 40)):
+            zones.append(fs.file(f"{zoneinfo}/{region}/City_{number}",
+                                 fs.rng.randbytes(fs.rng.randrange(100, 3000))))
+    fs.dir(f"{zoneinfo}/posix")
+    for region in _REGIONS:
+        fs.dir(f"{zoneinfo}/posix/{region}")
+    for zone in zones:
+        fs.hardlink(zone.replace(zoneinfo, f"{zoneinfo}/posix", 1), zone)
+    for zone in fs.rng.sample(zones, 30):
+        fs.link(f"{zoneinfo}/Alias_{zone.rsplit('/', 2)[1]}_{zone.rsplit('_', 1)[1]}",
+                zone.removeprefix(zoneinfo + "/"))
 
 
 def realistic_layers(directory: Path) -> list[Path]:
-    """A few thousand real files split into layers, then a layer of deletions and changes."""
+    """A few thousand entries split into layers, then a layer of deletions and changes."""
+    fs = _Rootfs(seed=11)
+    fs.entries.append(dir_("./", mtime=MTIME))
+    _base(fs)
+    layers = [fs.take()]
+    _python(fs, keep=lambda name: name < "j", top=True)
+    layers.append(fs.take())
+    _python(fs, keep=lambda name: name >= "j", top=False)
+    _zoneinfo(fs)
+    # Hardlinks across layers and within this one.
+    for number, target in enumerate(("etc/passwd", PYTHON + "/abc.py", PYTHON + "/os.py")):
+        fs.hardlink(f"usr/lib/hl{number}", target)
+    fs.hardlink(PYTHON + "/os-again.py", "usr/lib/hl2")
+    layers.append(fs.take())
+    python = PYTHON
+    for package in _PACKAGES:
+        if package < "e":
+            fs.entries.append(wh(f"{python}/{package}/.wh.__pycache__"))
+    for name in ("json", "email", "asyncio", "nonexistent"):
+        fs.entries.append(wh(f"{python}/.wh.{name}"))
+    fs.dir(python + "/logging", mode=0o750)
+    fs.entries.append(wh(python + "/logging/.wh..wh..opq"))
+    fs.file(python + "/logging/__init__.py", b"# replaced\n")
+    fs.entries.append(wh("etc/.wh.passwd"))
+    fs.file("etc/passwd", b"root:x:0:0::/root:/bin/sh\n")
+    fs.link(python + "/http", "/usr/share")
+    fs.file(python + "/os.py", b"# new os\n")
+    fs.entries.append(wh(python + "/.wh.abc.py"))
+    fs.entries.append(wh("etc/ssl/.wh..wh..opq"))
+    fs.dir("etc/ssl/private", mode=0o700)
+    fs.entries.append(wh("usr/share/readonly/.wh.file0"))
+    fs.entries.append(wh("usr/bin/.wh.su"))
+    fs.file("usr/bin/wall", fs.rng.randbytes(3100), mode=0o755)
+    layers.append(fs.take())
     directory.mkdir()
-    present = [tree for tree in _HOST_TREES if os.path.isdir("/" + tree)]
-    if len(present) < 2:
-        pytest.skip("host trees to build a realistic rootfs from are missing")
     paths = []
-
-    def layer(name: str) -> tarfile.TarFile:
-        path = directory / name
+    for name, data in zip(("base", "python-a", "python-b", "changes"), layers, strict=True):
+        path = directory / f"{name}.tar"
+        path.write_bytes(data)
         paths.append(path)
-        return tarfile.open(path, "w", format=tarfile.PAX_FORMAT)
-
-    with layer("base.tar") as archive:
-        for name in ("", "usr", "usr/lib", "usr/share"):
-            archive.add("/" + name, arcname=name or ".", recursive=False)
-        _add_tree(archive, "etc")
-    python = "usr/lib/python3.11"
-    with layer("python-a.tar") as archive:
-        _add_tree(archive, python, keep=lambda name: name < "j")
-    with layer("python-b.tar") as archive:
-        _add_tree(archive, python, keep=lambda name: name >= "j", with_top=False)
-        if "usr/share/zoneinfo" in present:
-            _add_tree(archive, "usr/share/zoneinfo")
-        # Hardlinks across layers and within this one.
-        for number, target in enumerate(("etc/passwd", python + "/abc.py", python + "/os.py")):
-            info = tarfile.TarInfo(f"usr/lib/hl{number}")
-            info.type, info.linkname = tarfile.LNKTYPE, target
-            archive.addfile(info)
-        info = tarfile.TarInfo(python + "/os-again.py")
-        info.type, info.linkname = tarfile.LNKTYPE, "usr/lib/hl2"
-        archive.addfile(info)
-    with layer("changes.tar") as archive:
-        def add(entry: Entry) -> None:
-            archive.addfile(entry[0], io.BytesIO(entry[1]) if entry[1] is not None else None)
-        for pycache in sorted(Path("/" + python).glob("[a-e]*/__pycache__")):
-            add(wh(str(pycache.parent.relative_to("/")) + "/.wh.__pycache__"))
-        for name in ("json", "email", "asyncio", "nonexistent"):
-            add(wh(f"{python}/.wh.{name}"))
-        add(dir_(python + "/logging", mode=0o750, mtime=MTIME))
-        add(wh(python + "/logging/.wh..wh..opq"))
-        add(reg(python + "/logging/__init__.py", b"# replaced\n"))
-        add(wh("etc/.wh.passwd"))
-        add(reg("etc/passwd", b"root:x:0:0::/root:/bin/sh\n"))
-        add(sym(python + "/http", "/usr/share"))
-        add(reg(python + "/os.py", b"# new os\n"))
-        add(wh(python + "/.wh.abc.py"))
     return paths

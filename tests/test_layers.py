@@ -14,6 +14,7 @@ import shutil
 import stat
 import tempfile
 import traceback
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import pytest
 from conftest import need_tool, umoci_unpack
 from layertrees import (
     MTIME, NS, ROOT, Entry, assert_same_as_umoci, chardev, crafted_layers, dir_, fifo, hard,
-    inventory, make_layer, realistic_layers, reg, sym, tar_info, walk, wh)
+    PASSWD, PYTHON, inventory, make_layer, realistic_layers, reg, sym, tar_info, walk, wh)
 from occystrap.errors import LayerError
 from occystrap.layers import LayerStats, apply_layer, extract_layer
 
@@ -898,10 +899,16 @@ def test_realistic_rootfs_matches_umoci(tmp_path: Path) -> None:
     ours = compare_with_umoci(tmp_path, layers, gzipped=[True, False, True, False])
     nodes, links = inventory(ours)
     assert len(nodes) > 2000
-    python = "usr/lib/python3.11"
+    kinds = Counter(node.kind for node in nodes.values())
+    assert kinds["-"] > 1000 and kinds["d"] > 100 and kinds["l"] > 100, kinds
+    assert len(links) > 200    # zoneinfo's posix/ tree
     # Replacing etc/passwd and os.py broke their links to the lower copies.
-    assert (ours / "usr/lib/hl0").read_bytes() == Path("/etc/passwd").read_bytes()
+    assert (ours / "usr/lib/hl0").read_bytes() == PASSWD
     assert (ours / "etc/passwd").read_bytes() == b"root:x:0:0::/root:/bin/sh\n"
-    assert frozenset({"usr/lib/hl2", python + "/os-again.py"}) in links
-    assert not (ours / python / "json").exists()
-    assert os.readlink(ours / python / "http") == "/usr/share"
+    assert frozenset({"usr/lib/hl2", PYTHON + "/os-again.py"}) in links
+    assert not (ours / PYTHON / "json").exists()
+    assert os.readlink(ours / PYTHON / "http") == "/usr/share"
+    assert sorted(os.listdir(ours / "etc/ssl")) == ["private"]
+    assert not (ours / "usr/bin/su").exists()
+    assert nodes["usr/bin/wall"].mode == "0755"
+    assert (nodes["usr/bin/passwd"].mode, nodes["usr/bin/crontab"].mode) == ("4755", "2755")
