@@ -384,3 +384,37 @@ def test_memory_does_not_grow_with_the_source(registry, tmp_path):
         peaks[size] = [_peak_rss("verify", str(bundle)), _peak_rss("verify", str(tarball))]
     for small, large in zip(peaks[16], peaks[256]):
         assert large - small < 8 << 20, peaks
+
+
+def test_a_whole_index_with_attestations_verifies(registry, tmp_path):
+    """--all-platforms keeps the index, each platform and the attestations."""
+    images = [ib.make_image([ib.make_layer([ib.file("arch", arch.encode())])],
+                            architecture=arch) for arch in ("amd64", "arm64")]
+    index = ib.make_index(images, oci=True, attestations=True)
+    registry.push_index("verify/multi", index, "v1")
+    bundle = tmp_path / "bundle"
+    ok("--platform", "linux/arm64", "fetch-to-bundle", "--all-platforms",
+       f"{registry.host}/verify/multi:v1", str(bundle))
+    result = ok("verify", str(bundle))
+    assert "2 images" in result.output and "warning" not in result.output
+    doc = json.loads(ok("inspect", "--json", str(bundle)).output)
+    assert {(i["platform"], i["manifest_digest"], i["index_digest"]) for i in doc["images"]} \
+        == {(f"linux/{i.platform.architecture}", i.manifest_digest, index.manifest_digest)
+            for i in images}
+    # One platform's layer damaged: only that platform is named.
+    arm = bundle / "blobs" / "sha256" / images[1].layers[0].digest.split(":")[1]
+    arm.write_bytes(arm.read_bytes()[:-1])
+    result = occystrap("verify", str(bundle))
+    assert result.exit_code == 1
+    assert f"{registry.host}/verify/multi:v1 (linux/arm64): blobs/sha256/" in result.output
+    assert "truncated" in result.output and "1 problem in" in result.output
+
+
+def test_a_fifo_in_place_of_a_layer_is_refused_not_waited_for(sources, tmp_path):
+    source = _copy(sources["single"], tmp_path)
+    name = _layer_file(source)
+    (source / name).unlink()
+    os.mkfifo(source / name)
+    result = occystrap("verify", str(source))
+    assert result.exit_code == 1
+    assert f"{name}: unreadable: {name} is not a regular file" in result.output

@@ -88,9 +88,13 @@ class SourceImage:
     def label(self) -> str:
         """How messages name the image."""
         if self.names:
-            return self.names[0]
-        pinned = self.manifest_digest or self.config_digest
-        return f"untagged image {pinned}"
+            name = self.names[0]
+        else:
+            name = f"untagged image {self.manifest_digest or self.config_digest}"
+        # One name, many platforms: the platform tells them apart.
+        if self.index_digest is not None and self.platform is not None:
+            return f"{name} ({self.platform})"
+        return name
 
     @property
     def size(self) -> int | None:
