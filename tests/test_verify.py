@@ -5,6 +5,7 @@ commands against the real registry, tar, and skopeo for the formats other
 tools write. Damage is done to copies, one kind at a time.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -418,3 +419,53 @@ def test_a_fifo_in_place_of_a_layer_is_refused_not_waited_for(sources, tmp_path)
     result = occystrap("verify", str(source))
     assert result.exit_code == 1
     assert f"{name}: unreadable: {name} is not a regular file" in result.output
+
+
+# --- the same sources feed the pipeline ----------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["bundle-tar", "shared-tar", "tarball", "single"])
+def test_any_source_rebuilds_a_loadable_tarball(sources, pushed, podman, tmp_path, kind):
+    """What push and recreate-image read: one image of any source, every
+    layer checked against its digest as it streams."""
+    from occystrap import pipeline
+    from occystrap.inputs.offline_image import SourceInput
+    from occystrap.outputs.tarball import TarballWriter
+
+    tag = HOLDS[kind][-1]
+    out = tmp_path / "out.tar"
+    with open_source(sources[kind]) as opened:
+        summary = pipeline.run(SourceInput.find(opened, REPO, tag), TarballWriter(out))
+    assert str(summary.image.config_digest) == pushed[tag].config_digest
+    (name,) = podman.load(out)
+    assert podman.inspect(name)["RootFS"]["Layers"] == pushed[tag].diff_ids
+    assert ok("verify", str(out)).exit_code == 0
+
+
+def test_a_damaged_layer_stops_the_pipeline(sources, tmp_path):
+    from occystrap import pipeline
+    from occystrap.errors import VerificationError
+    from occystrap.inputs.offline_image import SourceInput
+    from occystrap.outputs.tarball import TarballWriter
+
+    source = _copy(sources["bundle"], tmp_path)
+    _flip_byte(source, _layer_file(source))
+    with open_source(source) as opened, pytest.raises(VerificationError, match="digest mismatch"):
+        pipeline.run(SourceInput.find(opened, REPO, "1.1"), TarballWriter(tmp_path / "x.tar"))
+    assert not (tmp_path / "x.tar").exists()
+
+
+def test_a_layer_whose_content_is_not_its_diff_id(registry, tmp_path):
+    """The blob hashes right, but its content is not what the config says:
+    a bundle keeps the registry's bytes as they are, verify still says so."""
+    right = ib.make_layer([ib.file("a", b"right")])
+    wrong = ib.make_layer([ib.file("a", b"wrong")])
+    image = ib.make_image([right])
+    lying = ib.make_image([dataclasses.replace(wrong, diff_id=right.diff_id)])
+    registry.push_image("verify/lying", lying, "v1")
+    bundle = tmp_path / "bundle"
+    ok("fetch-to-bundle", f"{registry.host}/verify/lying:v1", str(bundle))
+    result = occystrap("verify", str(bundle))
+    assert result.exit_code == 1
+    assert (f"blobs/sha256/{wrong.digest.split(':')[1]}: wrong digest: its content hashes to "
+            f"{wrong.diff_id}, but the config's diff_id is {image.diff_ids[0]}") in result.output
