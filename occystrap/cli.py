@@ -500,5 +500,155 @@ def _fetch(settings: Settings, reference: ImageReference,
         client.close()
 
 
+@cli.command("verify")
+@click.option("--expect", type=click.Path(exists=True, dir_okay=False,
+                                          path_type=Path),
+              metavar="BOM.json",
+              help="Also check SOURCE holds exactly the images and digests "
+                   "of this BOM (from occystrap inspect --json).")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@pass_settings
+def verify(settings: Settings, expect, source):
+    """Check every file of SOURCE offline; name each one that is wrong.
+
+    SOURCE is a tarball (fetch-to-tarfile, recreate-image, docker save), an
+    extracted directory (single or shared) or a bundle (a directory or a
+    tar of one). Every blob is hashed to its digest and every layer's
+    content to the config's diff_id; manifests, configs, catalog.json,
+    manifest.json and index.json must agree. Nothing is written. Exit 0
+    when all is well, 1 with one line per problem otherwise.
+
+    \b
+    Example:
+      occystrap inspect --json transfer > transfer.bom.json
+      occystrap verify --expect transfer.bom.json transfer
+    """
+    from occystrap import bom, sources
+    from occystrap import verify as checks
+    expected = bom.load(expect) if expect else None
+    display = _VerifyProgress(sys.stderr) if settings.progress else None
+    with sources.open_source(source) as opened:
+        try:
+            report = checks.verify(opened, settings.parallel,
+                                   display or checks.ignore)
+        finally:
+            if display:
+                display.close()
+        problems = list(report.problems)
+        if expected is not None:
+            problems += bom.compare(expected, report.images, str(expect),
+                                    str(source))
+    if not settings.quiet:
+        for warning in report.warnings:
+            click.echo(f"warning: {warning}")
+    for problem in problems:
+        click.echo(str(problem))
+    if problems:
+        click.echo(f"{len(problems)} {_plural(len(problems), 'problem')} "
+                   f"in {source}")
+        raise click.exceptions.Exit(1)
+    if not settings.quiet:
+        matched = f", as {expect} lists" if expect else ""
+        click.echo(
+            f"{source}: {len(report.images)} "
+            f"{_plural(len(report.images), 'image')}{matched}, "
+            f"{report.files_checked} "
+            f"{_plural(report.files_checked, 'layer')} "
+            f"({human_size(report.bytes_checked)}) verified; no problems")
+
+
+class _VerifyProgress:
+    """One line on stderr: layers and bytes checked so far."""
+
+    def __init__(self, stream) -> None:
+        import threading
+        import time
+        self._stream, self._clock = stream, time.monotonic
+        self._lock = threading.Lock()
+        self._files = self._total = self._checked = self._done = 0
+        self._drawn = 0.0
+
+    def __call__(self, event) -> None:
+        from occystrap import verify as checks
+        with self._lock:
+            if isinstance(event, checks.Planned):
+                self._files, self._total = event.files, event.total
+            elif isinstance(event, checks.BytesChecked):
+                self._checked += event.count
+            else:
+                self._done += 1
+            if self._clock() - self._drawn >= 0.1:
+                self._draw()
+
+    def _draw(self) -> None:
+        self._drawn = self._clock()
+        self._stream.write(
+            f"\r\x1b[2Kverifying: {self._done}/{self._files} layers  "
+            f"{human_size(self._checked)} / {human_size(self._total)}")
+        self._stream.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._draw()
+            self._stream.write("\n")
+
+
+@cli.command("inspect")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the bill of materials as JSON (schema 1, see the "
+                   "README), for verify --expect on the far side.")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@pass_settings
+def inspect(settings: Settings, as_json, source):
+    """List the images in SOURCE: names, platform, digests, layers.
+
+    Reads only the metadata (index, manifests, configs), so it is quick;
+    use verify to check every byte.
+
+    \b
+    Example:
+      occystrap inspect transfer.tar
+      occystrap inspect --json transfer > transfer.bom.json
+    """
+    import json
+
+    from occystrap import bom, sources
+    with sources.open_source(source) as opened:
+        scan = opened.scan()
+        doc = bom.describe(opened, scan.images)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        click.echo(_inspect_table(doc))
+    if scan.findings:
+        for finding in scan.findings:
+            click.echo(f"Error: {finding}", err=True)
+        click.echo(f"{source} is damaged; occystrap verify {source} checks "
+                   "it in full", err=True)
+        raise click.exceptions.Exit(1)
+
+
+def _inspect_table(doc: dict) -> str:
+    source = doc["source"]
+    lines = [f"{source['path']}: {source['format']} {source['container']}, "
+             f"{len(doc['images'])} {_plural(len(doc['images']), 'image')}"]
+    for image in doc["images"]:
+        size = human_size(image["size"]) if image["size"] is not None \
+            else "size unknown"
+        lines += ["", ", ".join(image["names"]) or "(untagged)"]
+        for key in ("platform", "manifest_digest", "index_digest",
+                    "config_digest", "created"):
+            if image[key] is not None:
+                lines.append(f"  {key.replace('_', ' '):<16}{image[key]}")
+        lines.append(f"  {'layers':<16}{len(image['layers'])}, {size}")
+        for layer in image["layers"]:
+            size = human_size(layer["size"]) if layer["size"] is not None \
+                else "?"
+            diff_id = f"  diff_id {layer['diff_id']}" \
+                if layer["diff_id"] not in (None, layer["digest"]) else ""
+            lines.append(f"    {layer['digest'] or '?'}  {size:>10}{diff_id}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     cli(prog_name="occystrap")

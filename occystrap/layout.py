@@ -148,8 +148,8 @@ def parse_entries(index: bytes, docker: bytes, where: str) -> list[Entry]:
             annotations = descriptor.annotations
             name = annotations.get(IMAGE_NAME)
             tags = docker_entry.get("RepoTags") or []
-            config = _blob_digest(docker_entry.get("Config"))
-            layers = tuple(_blob_digest(p)
+            config = blob_digest(docker_entry.get("Config"))
+            layers = tuple(blob_digest(p)
                            for p in docker_entry.get("Layers") or [])
             source = annotations.get(SOURCE_DIGEST)
             source_digest = Digest.parse(source) if source else None
@@ -163,7 +163,8 @@ def parse_entries(index: bytes, docker: bytes, where: str) -> list[Entry]:
     return entries
 
 
-def _blob_digest(path: object) -> Digest:
+def blob_digest(path: object) -> Digest:
+    """The digest a `blobs/<algorithm>/<hex>` path names."""
     prefix = f"{BLOBS}/"
     if not isinstance(path, str) or not path.startswith(prefix) \
             or path.count("/") != 2:
