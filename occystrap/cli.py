@@ -16,7 +16,7 @@ from occystrap.credentials import (
     CredentialSource, Credentials, find_credentials)
 from occystrap.errors import OccystrapError
 from occystrap.humanize import human_size
-from occystrap.image import ImageSource, ImageWriter
+from occystrap.image import ImageWriter
 from occystrap.inputs.directory import DirectoryInput
 from occystrap.manifest import Platform
 from occystrap.outputs.directory import DirectoryWriter
@@ -355,8 +355,7 @@ def fetch_to_extracted(settings: Settings, use_unique_names, expand,
 
 
 @cli.command("recreate-image")
-@click.argument("directory", metavar="DIR",
-                type=click.Path(file_okay=False, path_type=Path))
+@click.argument("directory", metavar="DIR", type=click.Path(path_type=Path))
 @click.argument("image")
 @click.argument("tag")
 @click.argument("tarfile", type=click.Path(dir_okay=False, path_type=Path))
@@ -365,7 +364,7 @@ def recreate_image(settings: Settings, directory, image, tag, tarfile):
     """Rebuild one image's loadable tarball from a directory, offline.
 
     DIR is what fetch-to-extracted wrote (alone or shared), or a bundle
-    from fetch-to-bundle.
+    from fetch-to-bundle (the directory, or a tar of it).
 
     Every layer is checked against the image config as it is copied.
 
@@ -374,14 +373,15 @@ def recreate_image(settings: Settings, directory, image, tag, tarfile):
       occystrap recreate-image merged_images homeassistant/home-assistant \\
           latest ha-latest.tar
     """
-    from occystrap.inputs.bundle import BundleInput, is_bundle
-    source: ImageSource
-    if is_bundle(directory):
-        source = BundleInput.find(directory, image, tag, settings.platform,
-                                  settings.platform_required)
-    else:
-        source = DirectoryInput(directory, image, tag)
-    _run(settings, source, TarballWriter(tarfile), tarfile)
+    if not directory.is_file() and not (directory / "index.json").exists():
+        _run(settings, DirectoryInput(directory, image, tag),
+             TarballWriter(tarfile), tarfile)
+        return
+    from occystrap.inputs.offline_image import SourceInput
+    from occystrap.sources import open_source
+    with open_source(directory) as held:
+        _run(settings, SourceInput.find(held, image, tag, settings.platform),
+             TarballWriter(tarfile), tarfile)
 
 
 @cli.command("fetch-to-bundle")

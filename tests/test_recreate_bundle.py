@@ -62,4 +62,26 @@ def test_recreate_names_what_a_bundle_holds(registry, repo, tmp_path):
                      str(bundle)).exit_code == 0
     result = occystrap("recreate-image", str(bundle), f"{registry.host}/{repo}", "v2",
                        str(tmp_path / "x.tar"))
-    assert_error(result, f"{registry.host}/{repo}:v1", "not in the bundle")
+    assert_error(result, f"{registry.host}/{repo}:v1",
+                 f"{registry.host}/{repo}:v2 is not in {bundle}")
+
+
+def test_recreate_from_a_tar_of_a_bundle_picks_the_platform(registry, repo, tmp_path):
+    amd = ib.make_image([ib.make_layer([ib.file("a", b"amd")], "gzip", oci=True)], oci=True)
+    arm = ib.make_image([ib.make_layer([ib.file("a", b"arm")], "gzip", oci=True)], oci=True,
+                        architecture="arm64", variant="v8")
+    registry.push_index(repo, ib.make_index([amd, arm], oci=True), "multi")
+    bundle = tmp_path / "bundle"
+    assert occystrap("--platform", "linux/arm64", "fetch-to-bundle", "--all-platforms",
+                     f"{registry.host}/{repo}:multi", str(bundle)).exit_code == 0
+    archive = tmp_path / "bundle.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(bundle, arcname=".")
+    for platform, image in (("linux/amd64", amd), ("linux/arm64", arm)):
+        out = tmp_path / f"{platform.replace('/', '-')}.tar"
+        result = occystrap("--platform", platform, "recreate-image", str(archive),
+                           f"{registry.host}/{repo}", "multi", str(out))
+        assert result.exit_code == 0, result.output
+        with tarfile.open(out) as saved:
+            (entry,) = json.load(saved.extractfile("manifest.json"))
+        assert entry["Config"] == image.config_digest.split(":")[1] + ".json"

@@ -11,7 +11,7 @@ from occystrap.digest import Hasher, verify
 from occystrap.errors import StoreError, VerificationError
 from occystrap.image import Image, Layer
 from occystrap.inputs.offline import SourceImage
-from occystrap.manifest import PLAIN_LAYER_TYPES, Descriptor
+from occystrap.manifest import PLAIN_LAYER_TYPES, Descriptor, Platform
 from occystrap.sources import Source
 from occystrap.store import candidates
 
@@ -23,15 +23,21 @@ class SourceInput:
         self._paths: dict[int, str] = {}
 
     @classmethod
-    def find(cls, source: Source, repository: str, tag: str) -> "SourceInput":
+    def find(cls, source: Source, repository: str, tag: str,
+             platform: Platform | None = None) -> "SourceInput":
         """The image named repository:tag (Docker Hub's library/ or not,
-        with or without the registry in front)."""
+        with or without the registry in front); of a name kept with every
+        platform, the one for `platform` if there is one."""
         images = source.images()
         wanted = {f"{name}:{tag}" for name in candidates(repository)}
-        for image in images:
-            if any(n in wanted or n.endswith(tuple(f"/{w}" for w in wanted))
-                   for n in image.names):
-                return cls(source, image)
+        named = [image for image in images if any(
+            n in wanted or n.endswith(tuple(f"/{w}" for w in wanted))
+            for n in image.names)]
+        if named:
+            suited = [image for image in named if platform is not None
+                      and image.platform is not None
+                      and platform.matches(image.platform)]
+            return cls(source, (suited or named)[0])
         held = ", ".join(i.label for i in images) or "nothing"
         raise StoreError(f"{repository}:{tag} is not in {source.path}; it "
                          f"holds {held}")
