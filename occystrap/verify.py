@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 from occystrap import layout, store
 from occystrap.compression import decompress
 from occystrap.digest import Hasher
-from occystrap.errors import LayerError, OccystrapError
+from occystrap.errors import Cancelled, LayerError, OccystrapError
 from occystrap.inputs.offline import (
     MISSING, NOT_A_TAR, PARTIAL, TRUNCATED, UNKNOWN, UNREADABLE,
     UNREFERENCED, WRONG_DIGEST, FileMissing, Finding, SourceImage,
@@ -74,10 +74,6 @@ class Report:
     @property
     def good(self) -> bool:
         return not self.problems
-
-
-class Cancelled(OccystrapError):
-    pass
 
 
 def verify(source: Source, parallel: int = DEFAULT_PARALLEL,

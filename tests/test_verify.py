@@ -15,19 +15,12 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 import imagebuild as ib
-from conftest import need_tool, skopeo_copy
-from occystrap.cli import cli
+from conftest import need_tool, occystrap, skopeo_copy
 from occystrap.sources import open_source
 
-FAST = ["--retry-delay", "0", "--retries", "1"]
 REPO = "verify/app"
-
-
-def occystrap(*args: str):
-    return CliRunner().invoke(cli, [*FAST, *args])
 
 
 def ok(*args: str):
