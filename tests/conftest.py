@@ -367,3 +367,34 @@ def umoci_unpack(oci_layout_dir: Path | str, tag: str, dest: Path | str) -> Path
     # A fixed umask: umoci leaves it to decide the mode of implicit parents.
     run_tool([*command, str(dest)], umask=0o022)
     return Path(dest) / "rootfs"
+
+
+# --- docker and containerd ---------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[Any]:
+    """A real dockerd (vfs, no networking) with its own state; images removed per test."""
+    import engines
+    with engines.start_docker() as running:
+        yield running
+
+
+@pytest.fixture
+def docker(docker_engine: Any) -> Iterator[Any]:
+    yield docker_engine
+    docker_engine.remove_all()
+
+
+@pytest.fixture(scope="session")
+def containerd_daemon() -> Iterator[Any]:
+    """A real containerd with its own root, state and socket."""
+    import engines
+    with engines.start_containerd() as running:
+        yield running
+
+
+@pytest.fixture
+def containerd(containerd_daemon: Any) -> Iterator[Any]:
+    yield containerd_daemon
+    containerd_daemon.remove_all()

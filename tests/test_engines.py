@@ -1,0 +1,134 @@
+"""Outputs judged by a real Docker engine and a real containerd."""
+
+import json
+import subprocess
+import tarfile
+
+import pytest
+import requests
+
+import imagebuild as ib
+from conftest import occystrap
+
+
+def _image(seed: int, compression: str = "gzip", oci: bool = False, **kwargs) -> ib.Image:
+    base = ib.make_layer([ib.directory("etc"), ib.file("etc/os-release", b"ID=t\n")],
+                         compression, oci=oci)
+    data = ib.make_layer([ib.file(f"data/{seed}", ib.random_bytes(40_000, seed))],
+                         compression, oci=oci)
+    return ib.make_image([base, data], oci=oci, **kwargs)
+
+
+def _ok(*args: str):
+    result = occystrap(*args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _id(image: ib.Image) -> str:
+    return image.config_digest
+
+
+def test_tarfile_and_recreated_image_load_in_docker_and_containerd(
+        registry, repo, docker, containerd, tmp_path):
+    image = _image(1)
+    registry.push_image(repo, image, "v1")
+    tar = tmp_path / "app.tar"
+    _ok("fetch-to-tarfile", registry.host, repo, "v1", str(tar))
+    name = f"{registry.host}/{repo}:v1"
+    assert docker.load(tar)[0] == [name]
+    assert docker.inspect(name)["Id"] == _id(image)
+    assert name in containerd.import_(tar)
+
+    shared = tmp_path / "shared"
+    _ok("fetch-to-extracted", "--use-unique-names", registry.host, repo, "v1", str(shared))
+    again = tmp_path / "again.tar"
+    _ok("recreate-image", str(shared), repo, "v1", str(again))
+    docker.remove_all()
+    containerd.remove_all()
+    assert docker.load(again)[0] == [name]
+    assert docker.inspect(name)["Id"] == _id(image)
+    assert name in containerd.import_(again)
+
+
+def _registry_digest(registry, repo: str, tag: str) -> str:
+    response = requests.head(
+        f"{registry.url}/v2/{repo}/manifests/{tag}", timeout=10, headers={"Accept": ", ".join([
+            "application/vnd.oci.image.index.v1+json",
+            "application/vnd.oci.image.manifest.v1+json",
+            "application/vnd.docker.distribution.manifest.list.v2+json",
+            "application/vnd.docker.distribution.manifest.v2+json"])})
+    return response.headers["Docker-Content-Digest"]
+
+
+@pytest.fixture
+def pushed(registry, repo):
+    """Docker and OCI manifests, gzip and plain layers, a zstd image, an
+    index with attestations, a pin by digest and a tag pinned by digest."""
+    docker_gzip, oci_plain = _image(2), _image(3, "none", oci=True)
+    zstd = _image(4, "zstd", oci=True)
+    amd = _image(5, oci=True)
+    arm = _image(6, oci=True, architecture="arm64", variant="v8")
+    index = ib.make_index([amd, arm], oci=True, attestations=True)
+    registry.push_image(f"{repo}/docker", docker_gzip, "1.0")
+    registry.push_image(f"{repo}/oci", oci_plain, "2.0")
+    registry.push_image(f"{repo}/zstd", zstd, "3.0")
+    registry.push_index(f"{repo}/multi", index, "4.0")
+    pinned = registry.push_image(f"{repo}/pinned", _image(7), "gone")
+    named = registry.push_image(f"{repo}/named", _image(8), "5.0")
+    host = registry.host
+    return {
+        "references": [
+            f"{host}/{repo}/docker:1.0", f"{host}/{repo}/oci:2.0", f"{host}/{repo}/zstd:3.0",
+            f"{host}/{repo}/multi:4.0", f"{host}/{repo}/pinned@{pinned}",
+            f"{host}/{repo}/named:5.0@{named}",
+        ],
+        "ids": {
+            f"{host}/{repo}/docker:1.0": _id(docker_gzip),
+            f"{host}/{repo}/oci:2.0": _id(oci_plain),
+            f"{host}/{repo}/multi:4.0": _id(amd),
+            f"{host}/{repo}/named:5.0": _id(_image(8)),
+        },
+        "pinned": (f"{host}/{repo}/pinned@{pinned}", _id(_image(7))),
+        "zstd": f"{host}/{repo}/zstd:3.0",
+    }
+
+
+def test_a_bundle_loads_in_containerd_with_every_registry_digest(
+        registry, repo, pushed, containerd, tmp_path):
+    bundle = tmp_path / "bundle"
+    images = tmp_path / "images.txt"
+    images.write_text("# release\n\n" + "\n".join(pushed["references"][3:]) + "\n")
+    _ok("fetch-to-bundle", "--all-platforms", "--images-from", str(images),
+        *pushed["references"][:3], str(bundle))
+    tar = tmp_path / "bundle.tar"
+    subprocess.run(["tar", "-cf", str(tar), "-C", str(bundle), "."], check=True)
+    held = containerd.import_(tar, "--all-platforms")
+    host = registry.host
+    expected = {
+        f"{host}/{repo}/docker:1.0": _registry_digest(registry, f"{repo}/docker", "1.0"),
+        f"{host}/{repo}/oci:2.0": _registry_digest(registry, f"{repo}/oci", "2.0"),
+        f"{host}/{repo}/zstd:3.0": _registry_digest(registry, f"{repo}/zstd", "3.0"),
+        f"{host}/{repo}/multi:4.0": _registry_digest(registry, f"{repo}/multi", "4.0"),
+        pushed["pinned"][0]: pushed["pinned"][0].split("@")[1],
+        f"{host}/{repo}/named:5.0": _registry_digest(registry, f"{repo}/named", "5.0"),
+    }
+    assert held == expected
+
+
+def test_a_bundle_loads_in_docker_with_every_name(registry, repo, pushed, docker, tmp_path):
+    bundle = tmp_path / "bundle"
+    # Docker 20.10 cannot inflate zstd layers; newer engines can.
+    references = [r for r in pushed["references"] if r != pushed["zstd"]]
+    _ok("fetch-to-bundle", *references, str(bundle))
+    tar = tmp_path / "bundle.tar"
+    subprocess.run(["tar", "-cf", str(tar), "-C", str(bundle), "."], check=True)
+    names, _ = docker.load(tar)
+    assert sorted(names) == sorted(pushed["ids"])
+    for name, image_id in pushed["ids"].items():
+        assert docker.inspect(name)["Id"] == image_id
+    # Pulled by digest alone: docker has no name for it, only its ID.
+    assert docker.inspect(pushed["pinned"][1])["RepoTags"] == []
+    with tarfile.open(tar) as archive:
+        entries = json.load(archive.extractfile("./manifest.json"))
+    assert [] in [entry["RepoTags"] for entry in entries]
