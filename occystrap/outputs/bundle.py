@@ -139,21 +139,9 @@ class BundleWriter:
         digest = descriptor.digest
         partial = self.path / layout.partial_path(digest)
         with output_errors(partial):
-            fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o644 & ~current_umask())
-            try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    LOG.warning("waiting for another occystrap run that is "
-                                "fetching blob %s into %s", digest.short(),
-                                self.path)
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-                with self._claims_lock:
-                    self._claims[digest] = fd
-            except BaseException:
-                os.close(fd)
-                raise
+            fd = _lock_partial(partial, digest, self.path)
+            with self._claims_lock:
+                self._claims[digest] = fd
             if self._has_blob(descriptor):
                 # Another run finished it while we waited.
                 return _hashed(self.path / layout.blob_path(digest), digest)
@@ -292,13 +280,53 @@ class BundleWriter:
         with self._claims_lock:
             fd = self._claims.pop(digest, None)
         if fd is not None:
-            os.close(fd)
+            self._unclaim(digest, fd)
 
     def _release_all(self) -> None:
         with self._claims_lock:
             claims, self._claims = self._claims, {}
-        for fd in claims.values():
+        for digest, fd in claims.items():
+            self._unclaim(digest, fd)
+
+    def _unclaim(self, digest: Digest, fd: int) -> None:
+        """Let go of a blob's lock; a partial with nothing in it goes too
+        (under the lock, which is why waiters check what they locked)."""
+        try:
+            if os.fstat(fd).st_size == 0:
+                (self.path / layout.partial_path(digest)).unlink(
+                    missing_ok=True)
+        except OSError:
+            pass
+        finally:
             os.close(fd)
+
+
+def _lock_partial(partial: Path, digest: Digest, root: Path) -> int:
+    """Open and lock a blob's partial file, waiting for another run.
+
+    The file locked must still be the one at that name: a run that held
+    it may have renamed it into place, or removed it, meanwhile.
+    """
+    while True:
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o644 & ~current_umask())
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                LOG.warning("waiting for another occystrap run that is "
+                            "fetching blob %s into %s", digest.short(), root)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.stat(partial).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if same:
+            return fd
+        os.close(fd)
 
 
 def read_entries(path: Path) -> list[layout.Entry]:
