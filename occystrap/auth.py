@@ -145,8 +145,8 @@ class Authenticator:
                     f"{self._host} asks for unsupported authentication "
                     f"scheme {challenge.scheme!r}", 401, url)
 
-    def refusal(self, header: str, repository: str,
-                url: str) -> RegistryError:
+    def refusal(self, header: str, repository: str, url: str,
+                action: str = "pull") -> RegistryError:
         """The error for a 401 that answering the challenge did not cure."""
         challenge = parse_challenge(header)
         params = challenge.params if challenge else {}
@@ -163,7 +163,7 @@ class Authenticator:
             return AccessDenied(
                 f"access denied to {repository} on {self._host} for "
                 f"{credentials.describe()}: the repository does not exist "
-                "or they may not pull it", 401, url)
+                f"or they may not {action} it", 401, url)
         if params.get("error") == "invalid_token":
             reason = params.get("error_description") or "invalid_token"
             return AuthenticationFailed(
@@ -204,12 +204,12 @@ class Authenticator:
     def _basic_token(self, realm: str, service: str | None, scope: str,
                      credentials: Credentials | None) -> dict:
         """docker's usual token request: GET with Basic credentials."""
-        params = {}
+        params: dict[str, str | list[str]] = {}
         if service:
             params["service"] = service
         if scope:
-            params["scope"] = scope
-        headers = {}
+            params["scope"] = scope.split(" ")
+        headers: dict[str, str] = {}
         if credentials:
             params["account"] = credentials.username
             headers["Authorization"] = _basic(credentials)
@@ -283,6 +283,20 @@ class Authenticator:
             raise AuthenticationFailed(
                 f"token service for {self._host} returned no token", 200, realm)
         return body
+
+
+def scope(repository: str, actions: str = "pull",
+          *also: tuple[str, str]) -> str:
+    """A token scope: `repository:NAME:ACTIONS`, and more of them.
+
+    A cross-repository mount needs `pull,push` on the target and `pull`
+    on the source, in one token: scope("b", "pull,push", ("a", "pull")).
+    Several scopes travel space-separated, and as repeated `scope`
+    parameters in docker's token request.
+    """
+    parts = [f"repository:{repository}:{actions}"]
+    parts += [f"repository:{name}:{acts}" for name, acts in also]
+    return " ".join(parts)
 
 
 def _basic(credentials: Credentials) -> str:

@@ -7,7 +7,6 @@ import re
 import sys
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
@@ -19,14 +18,13 @@ from occystrap.humanize import human_size
 from occystrap.image import ImageWriter
 from occystrap.inputs.directory import DirectoryInput
 from occystrap.manifest import Platform
+from occystrap.options import TransportOptions
 from occystrap.outputs.directory import DirectoryWriter
 from occystrap.outputs.tarball import TarballWriter
 from occystrap.reference import ImageReference
 from occystrap.terminal import ProgressDisplay
 from occystrap.tls import DEFAULT_CERTS_D
 
-if TYPE_CHECKING:
-    from occystrap.registry import TransportOptions
 
 LOG = logging.getLogger("occystrap")
 # A query string may be a signature (signed blob URLs carry their authority
@@ -44,7 +42,7 @@ class Settings:
     parallel: int
     platform: Platform
     platform_required: bool
-    transport: "TransportOptions"
+    transport: TransportOptions
     credentials: Credentials | None
 
 
@@ -179,8 +177,6 @@ def cli(ctx, platform, os_, architecture, variant, username, password,
         platform = Platform(os_ or "linux", architecture or "amd64", variant)
     credentials = _explicit_credentials(ctx, username, password,
                                         password_stdin)
-    # Here, not at the top: requests is slow to import, --help should not be.
-    from occystrap.registry import TransportOptions
     ctx.obj = Settings(
         verbose=verbose,
         quiet=quiet,

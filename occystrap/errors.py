@@ -8,6 +8,7 @@
      │    ├── NotFound               404 for a repository, tag or blob
      │    └── RateLimited            429 with a wait too long to sit out
      ├── RegistryUnreachable     DNS, connection, TLS or timeout failures
+     │    └── BodyNotReplayable  a streamed upload broke off (resume it)
      ├── ConfigurationError      a CA file, docker config or credential helper is unusable
      ├── ManifestError           malformed, ambiguous or unsupported manifest/config
      ├── PlatformNotFound        an index holds no manifest for the platform asked for
@@ -55,6 +56,10 @@ class RateLimited(RegistryError):
 
 class RegistryUnreachable(OccystrapError):
     pass
+
+
+class BodyNotReplayable(RegistryUnreachable):
+    """A streamed request body broke off; only its sender can resume it."""
 
 
 class ConfigurationError(OccystrapError):

@@ -36,7 +36,8 @@ from occystrap.manifest import Descriptor
 from occystrap.outputs import directory as directory_output
 from occystrap.outputs import tarball as tarball_output
 from occystrap.reference import Registry
-from occystrap.registry import RegistryClient, TransportOptions
+from occystrap.options import TransportOptions
+from occystrap.registry import RegistryClient
 
 # Besides conftest.FAST's quick retries: short stalls.
 SHORT_TIMEOUT = ["--timeout", "1"]
