@@ -108,7 +108,7 @@ class Authenticator:
             return _basic(credentials) if credentials else None
         if challenge.scheme == "bearer":
             with self._lock:
-                token = self._tokens.get(scope)
+                token = self._tokens.get(scope_key(scope))
                 if not token or token.expires <= time.monotonic():
                     token = self._fetch_token(challenge, scope)
             return f"Bearer {token.value}"
@@ -134,11 +134,11 @@ class Authenticator:
                         f"{self._host} requires a username and password; "
                         f"{LOGIN_HINT}", 401, url)
             elif challenge.scheme == "bearer":
-                current = self._tokens.get(scope)
+                current = self._tokens.get(scope_key(scope))
                 if current and rejected and \
                         rejected != f"Bearer {current.value}":
                     return
-                self._tokens.pop(scope, None)
+                self._tokens.pop(scope_key(scope), None)
                 self._fetch_token(challenge, scope)
             else:
                 raise AuthenticationFailed(
@@ -198,7 +198,7 @@ class Authenticator:
         # Renew a little early so a token does not expire mid-request.
         token = _Token(value, time.monotonic() + max(lifetime - 10,
                                                      lifetime / 2))
-        self._tokens[scope] = token
+        self._tokens[scope_key(scope)] = token
         return token
 
     def _basic_token(self, realm: str, service: str | None, scope: str,
@@ -297,6 +297,23 @@ def scope(repository: str, actions: str = "pull",
     parts = [f"repository:{repository}:{actions}"]
     parts += [f"repository:{name}:{acts}" for name, acts in also]
     return " ".join(parts)
+
+
+def scope_key(scope: str) -> str:
+    """One spelling per set of grants, to cache a token under.
+
+    A push asks for "pull,push" and a mount adds its source; the same set
+    asked in another order, or with a repository named twice, is the same
+    token, so it is fetched once.
+    """
+    wanted: dict[tuple[str, str], set[str]] = {}
+    for part in scope.split():
+        kind, _, rest = part.partition(":")
+        name, _, actions = rest.rpartition(":")
+        wanted.setdefault((kind, name), set()).update(
+            a for a in actions.split(",") if a)
+    return " ".join(f"{kind}:{name}:{','.join(sorted(actions))}"
+                    for (kind, name), actions in sorted(wanted.items()))
 
 
 def _basic(credentials: Credentials) -> str:

@@ -4,7 +4,7 @@ Pulls (registry.py) and pushes (upload.py) both speak through a Transport:
 
     with Transport(registry, options, credentials) as transport:
         response = transport.request("GET", "app/manifests/1.0",
-                                     scope("app"), "pull from app")
+                                     scope("app"), "app")
 
 request() answers an authentication challenge once per call with a token
 for `scope` (several repositories and actions may share one token, as a

@@ -9,7 +9,7 @@ import urllib.parse
 import pytest
 
 from conftest import serving
-from occystrap.auth import scope
+from occystrap.auth import scope, scope_key
 from occystrap.errors import BodyNotReplayable
 from occystrap.options import TransportOptions
 from occystrap.reference import Registry
@@ -126,3 +126,19 @@ def test_a_streamed_body_cut_by_the_link_raises_for_the_caller_to_resume():
         with pytest.raises(BodyNotReplayable, match="broke off"):
             transport.request("PATCH", "app/blobs/uploads/x", scope("app", "pull,push"),
                               "app", "push", body=broken())
+
+
+def test_a_token_is_cached_per_set_of_scopes_whatever_their_order():
+    with serving(_Recorder()) as server, Transport(
+            Registry.parse(f"http://{server.host}"), FAST) as transport:
+        for wanted in (scope("team/app", "pull,push", ("base/os", "pull")),
+                       scope("base/os", "pull", ("team/app", "push,pull"))):
+            transport.request("HEAD", "team/app/blobs/sha256:0", wanted,
+                              "team/app", "push").close()
+        tokens = [path for method, path, _ in server.seen if path.startswith("/token")]
+    assert len(tokens) == 1, tokens
+
+
+def test_scope_key_merges_repeated_repositories_and_orders_actions():
+    assert scope_key("repository:a:push,pull repository:b:pull repository:a:pull") \
+        == "repository:a:pull,push repository:b:pull"
