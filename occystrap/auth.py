@@ -147,10 +147,15 @@ class Authenticator:
 
     def refusal(self, header: str, repository: str, url: str,
                 action: str = "pull") -> RegistryError:
-        """The error for a 401 that answering the challenge did not cure."""
+        """The error for a 401 that answering the challenge did not cure.
+
+        `action` is what was refused ("pull", "push"); messages say it with
+        its preposition, "pull from" or "push to", and the repository.
+        """
         challenge = parse_challenge(header)
         params = challenge.params if challenge else {}
         credentials = self.credentials
+        doing = verb(action)
         anonymous = AuthenticationFailed(
             f"{self._host} refused anonymous access to {repository}: the "
             f"repository does not exist or needs credentials; {LOGIN_HINT}",
@@ -159,11 +164,15 @@ class Authenticator:
             # Token services grant what they may and the registry refuses
             # the rest: a 401 that means "denied", not "wrong password".
             if not credentials:
+                if action != "pull":
+                    return AuthenticationFailed(
+                        f"{self._host} refused to let anonymous users "
+                        f"{doing} {repository}; {LOGIN_HINT}", 401, url)
                 return anonymous
             return AccessDenied(
                 f"access denied to {repository} on {self._host} for "
                 f"{credentials.describe()}: the repository does not exist "
-                f"or they may not {action} it", 401, url)
+                f"or they may not {doing} it", 401, url)
         if params.get("error") == "invalid_token":
             reason = params.get("error_description") or "invalid_token"
             return AuthenticationFailed(
@@ -173,8 +182,12 @@ class Authenticator:
         if credentials:
             return AuthenticationFailed(
                 f"authentication failed for {self._host} as "
-                f"{credentials.describe()}: check the username and password",
-                401, url)
+                f"{credentials.describe()} trying to {doing} {repository}: "
+                "check the username and password", 401, url)
+        if action != "pull":
+            return AuthenticationFailed(
+                f"{self._host} needs credentials to {doing} {repository}; "
+                f"{LOGIN_HINT}", 401, url)
         return anonymous
 
     def _fetch_token(self, challenge: Challenge, scope: str) -> "_Token":
@@ -297,6 +310,11 @@ def scope(repository: str, actions: str = "pull",
     parts = [f"repository:{repository}:{actions}"]
     parts += [f"repository:{name}:{acts}" for name, acts in also]
     return " ".join(parts)
+
+
+def verb(action: str) -> str:
+    """An action with the preposition a message needs: "push to"."""
+    return {"pull": "pull from", "push": "push to"}.get(action, action)
 
 
 def scope_key(scope: str) -> str:

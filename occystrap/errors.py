@@ -6,7 +6,8 @@
      │    ├── AuthenticationFailed   401 even after answering the challenge
      │    ├── AccessDenied           403
      │    ├── NotFound               404 for a repository, tag or blob
-     │    └── RateLimited            429 with a wait too long to sit out
+     │    ├── RateLimited            429 with a wait too long to sit out
+     │    └── UploadRefused          a push the registry will not take (405, 413, quota)
      ├── RegistryUnreachable     DNS, connection, TLS or timeout failures
      │    └── BodyNotReplayable  a streamed upload broke off (resume it)
      ├── ConfigurationError      a CA file, docker config or credential helper is unusable
@@ -36,6 +37,9 @@ class RegistryError(OccystrapError):
         super().__init__(message)
         self.status = status
         self.url = url
+        # The registry's own error codes and messages, where it sent them.
+        self.codes: list[str] = []
+        self.messages: list[str] = []
 
 
 class AuthenticationFailed(RegistryError):
@@ -52,6 +56,10 @@ class NotFound(RegistryError):
 
 class RateLimited(RegistryError):
     pass
+
+
+class UploadRefused(RegistryError):
+    """The registry will not store what is pushed: read-only, too large, full."""
 
 
 class RegistryUnreachable(OccystrapError):

@@ -307,13 +307,19 @@ class Transport:
                 response.headers.get("WWW-Authenticate", ""), repository, url,
                 action)
         if response.status_code == 403:
-            response.close()
+            with response:
+                codes, messages = error_details(response)
             refused = "" if action == "pull" else f" ({action} refused)"
-            raise AccessDenied(
+            said = f" (the registry says: {messages[0][:200]})" \
+                if messages else ""
+            error = AccessDenied(
                 f"access denied to {repository} on {self.registry.host}"
-                + self.auth.as_user() + refused
+                + self.auth.as_user() + refused + said
                 + "; check the repository name and your permissions",
                 403, url)
+            # A push may be refused for want of room, not of permission.
+            error.codes, error.messages = codes, messages
+            raise error
         return response
 
 
@@ -391,13 +397,30 @@ def read_capped(response: requests.Response, cap: int, what: str) -> bytes:
 
 def error_codes(response: requests.Response) -> list[str]:
     """The `errors[].code` values of a registry error body, if any."""
+    return error_details(response)[0]
+
+
+def error_details(response: requests.Response
+                  ) -> tuple[list[str], list[str]]:
+    """The `errors[].code` and `errors[].message` of an error body.
+
+    Read once (the body is consumed); messages are cut to one line.
+    """
     try:
-        body = json.loads(response.raw.read(65536, decode_content=True))
-        return [str(e.get("code", "")) for e in body.get("errors", [])
-                if isinstance(e, dict)]
+        # A response read whole (not streamed) has its body in .content.
+        if getattr(response, "_content_consumed", False) or response.raw is None:
+            raw = response.content[:65536]
+        else:
+            raw = response.raw.read(65536, decode_content=True)
+        body = json.loads(raw)
+        errors = [e for e in body.get("errors", []) if isinstance(e, dict)]
     except (ValueError, AttributeError, OSError,
-            requests.RequestException):
-        return []
+            requests.RequestException, urllib3.exceptions.HTTPError):
+        return [], []
+    codes = [str(e.get("code", "")) for e in errors]
+    messages = [" ".join(str(e["message"]).split()) for e in errors
+                if e.get("message")]
+    return codes, messages
 
 
 def _retry_after(value: str | None) -> float | None:
