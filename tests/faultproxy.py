@@ -14,6 +14,11 @@ alone unless a fault says `probes=True`: faults are for downloads. Every request
 recorded, with the status the proxy answered, so tests can count retries and
 see the headers a client sent. Stalls are bounded and end when the proxy
 closes, and closing joins every handler thread.
+
+Uploads pass through too (POST, PUT, PATCH, DELETE with their bodies), and
+the registry's Location headers are rewritten to point back at the proxy.
+CutUpload breaks a PATCH off mid-body, optionally after handing the part it
+read to the registry, as a registry that keeps partial chunks would.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class Seen:
     headers: dict[str, str]
     status: int | None = None
     sent: int = 0  # body bytes written to the client
+    received: int = 0  # request body bytes read from the client
 
     @property
     def authorization(self) -> str | None:
@@ -167,6 +173,36 @@ class Cut(Fault):
         request.close()
 
 
+class CutUpload(Fault):
+    """Read `after` bytes of an upload's body, then close the connection.
+
+    With `keep_part`, those bytes first go to the registry as a whole PATCH,
+    and (with `follow`) later requests to the upload's old location go to
+    its new one: a registry that keeps what arrived of a cut chunk and
+    tracks the session on its side. Without `follow`, distribution itself
+    answers the old location with 404: it cannot resume the session.
+    """
+
+    def __init__(self, path: str, after: int, *, keep_part: bool = False,
+                 follow: bool = True, methods: tuple[str, ...] = ("PATCH",),
+                 **kwargs) -> None:
+        super().__init__(path, methods=methods, **kwargs)
+        self.after, self.keep_part, self.follow = after, keep_part, follow
+
+    def serve(self, request: _Request) -> None:
+        part = request.read_body(self.after)
+        if self.keep_part and part:
+            headers = dict(request.seen.headers)
+            start = int(headers.get("content-range", "0-0").split("-")[0])
+            headers["content-range"] = f"{start}-{start + len(part) - 1}"
+            answer = request.proxy.forward(request.method, request.path, headers,
+                                           body=part)
+            location = answer.headers.get("Location")
+            if answer.status == 202 and location and self.follow:
+                request.proxy.alias(request.path, location)
+        request.close()
+
+
 class Rewrite(Fault):
     """Pass the registry's answer through `change`, which edits it in place."""
 
@@ -268,13 +304,44 @@ class Oversized(Fault):
 class _Request:
     """The parts of one request a fault works with."""
 
-    def __init__(self, handler: _Handler, proxy: FaultProxy, seen: Seen) -> None:
+    def __init__(self, handler: _Handler, proxy: FaultProxy, seen: Seen,
+                 path: str) -> None:
         self.handler, self.proxy, self.seen = handler, proxy, seen
-        self.method, self.path = handler.command, handler.path
+        self.method, self.path = handler.command, path
+        self._body_read = False
+        self._body = b""
+
+    def read_body(self, limit: int | None = None) -> bytes:
+        """The request body, or its first `limit` bytes (once only)."""
+        if self._body_read:
+            return self._body
+        self._body_read = True
+        headers = self.seen.headers
+        stream = self.handler.rfile
+        parts: list[bytes] = []
+        left = limit if limit is not None else 1 << 62
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            while left > 0:
+                size = int(stream.readline().split(b";")[0] or b"0", 16)
+                if not size:
+                    stream.readline()
+                    break
+                parts.append(stream.read(min(size, left)))
+                left -= len(parts[-1])
+                if len(parts[-1]) == size:
+                    stream.readline()
+        else:
+            length = int(headers.get("content-length") or 0)
+            if length:
+                parts.append(stream.read(min(length, left)))
+        body = b"".join(parts)
+        self.seen.received += len(body)
+        self._body = body
+        return body
 
     def forward(self, *, drop_range: bool = False) -> Upstream:
         return self.proxy.forward(self.method, self.path, self.seen.headers,
-                                  drop_range=drop_range)
+                                  drop_range=drop_range, body=self.read_body())
 
     def send(self, answer: Upstream, *, upto: int | None = None) -> None:
         handler = self.handler
@@ -352,7 +419,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # http.server's naming
         self.server.proxy.handle(self)
 
-    do_HEAD = do_GET
+    do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
 
     def log_message(self, format: str, *args) -> None:
         pass
@@ -390,6 +457,7 @@ class FaultProxy:
         self.seen: list[Seen] = []
         self.stopping = threading.Event()
         self._lock = threading.Lock()
+        self._aliases: dict[str, str] = {}
         self._connections: set[socket.socket] = set()
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.proxy = self
@@ -450,15 +518,27 @@ class FaultProxy:
         with self._lock:
             self._connections.discard(connection)
 
+    def alias(self, path: str, location: str) -> None:
+        """Send later requests for `path` to `location` (an upload moved on)."""
+        split = urllib.parse.urlsplit(location)
+        target = split.path + (f"?{split.query}" if split.query else "")
+        with self._lock:
+            self._aliases[path] = target
+
     def handle(self, handler: _Handler) -> None:
         headers = {name.lower(): value for name, value in handler.headers.items()}
         seen = Seen(handler.command, handler.path, headers)
         with self._lock:
             self.seen.append(seen)
+            path = self._aliases.get(handler.path, handler.path)
             fault = next((f for f in self.faults
                           if f.takes(handler.command, handler.path, headers)), None)
-        request = _Request(handler, self, seen)
+        request = _Request(handler, self, seen, path)
         refusal = self._refusal(handler.path, headers)
+        if not isinstance(fault, CutUpload):
+            # Read before answering, or the body would be taken for the
+            # next request on this connection.
+            request.read_body()
         if refusal:
             request.send(refusal)
         elif fault:
@@ -492,7 +572,7 @@ class FaultProxy:
         return None
 
     def forward(self, method: str, path: str, headers: dict[str, str], *,
-                drop_range: bool = False) -> Upstream:
+                drop_range: bool = False, body: bytes | None = None) -> Upstream:
         # A blob host serves whatever path it was redirected with; the
         # signature in the query is for show.
         if self.reject_authorization:
@@ -503,9 +583,13 @@ class FaultProxy:
             sent.pop("range", None)
         connection = http.client.HTTPConnection(self.upstream, timeout=UPSTREAM_TIMEOUT)
         try:
-            connection.request(method, path, headers=sent)
+            connection.request(method, path, body=body or None, headers=sent)
             response = connection.getresponse()
-            body = response.read()
-            return Upstream(response.status, dict(response.getheaders()), body)
+            answer = Upstream(response.status, dict(response.getheaders()), response.read())
         finally:
             connection.close()
+        # Uploads continue at the Location the registry gives: keep them here.
+        location = answer.headers.get("Location", "")
+        if location.startswith(f"http://{self.upstream}/"):
+            answer.headers["Location"] = self.url + location[len(f"http://{self.upstream}"):]
+        return answer

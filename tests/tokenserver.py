@@ -6,6 +6,7 @@ token header (`kid`), as distribution 2.8 does. Access rules:
 
 - repositories under `public/` are pullable by anyone, anonymous included;
 - `grants[user]` lists the namespaces a user may also pull;
+- `pushers[user]` lists the namespaces a user may pull from and push to;
 - namespaces in `forbidden` are refused with 403 by the token service itself;
 - anything else is granted no access: the registry then answers 401 with
   error="insufficient_scope", as behind Docker Hub's and docker_auth's.
@@ -70,6 +71,7 @@ class TokenServer:
     def __init__(self, directory: Path, tls: pki.Issued, users: dict[str, str],
                  grants: dict[str, list[str]] | None = None,
                  forbidden: list[str] | None = None,
+                 pushers: dict[str, list[str]] | None = None,
                  refresh_tokens: dict[str, str] | None = None) -> None:
         self.signing = pki.self_signed(directory, "occystrap test token signer", "signing")
         self._kid = libtrust_key_id(self.signing.certificate)
@@ -77,6 +79,7 @@ class TokenServer:
         self.users = dict(users)
         self.grants = dict(grants or {})
         self.forbidden = list(forbidden or [])
+        self.pushers = dict(pushers or {})
         self._initial_refresh_tokens = dict(refresh_tokens or {})  # token -> user
         self.refresh_tokens = dict(self._initial_refresh_tokens)
         self.requests: list[TokenRequest] = []
@@ -132,8 +135,12 @@ class TokenServer:
     # -- policy -----------------------------------------------------------------
 
     def _actions(self, user: str | None, repository: str, wanted: list[str]) -> list[str]:
-        namespaces = ["public", *self.grants.get(user or "", [])]
-        if any(repository == ns or repository.startswith(ns + "/") for ns in namespaces):
+        def within(namespaces: list[str]) -> bool:
+            return any(repository == ns or repository.startswith(ns + "/")
+                       for ns in namespaces)
+        if within(self.pushers.get(user or "", [])):
+            return [a for a in wanted if a in ("pull", "push")]
+        if within(["public", *self.grants.get(user or "", [])]):
             return [a for a in wanted if a == "pull"]
         return []
 

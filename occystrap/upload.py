@@ -1,0 +1,507 @@
+"""The push side of the distribution API: blobs and manifests up.
+
+As the OCI distribution spec describes a push: a blob the registry has is
+skipped after a HEAD; one it holds in another repository is mounted; a
+small one goes up in one POST and PUT; a large one in PATCH chunks, then a
+PUT naming its digest. The source is read again from any offset
+(`reopen`), so nothing larger than one chunk is held in memory and an
+upload cut mid-chunk resumes from the offset the registry reports rather
+than from the start. Manifests go up last; the digest the registry
+computes must be ours.
+
+    uploader = BlobUploader(transport, chunk_size=8 << 20)
+    if not uploader.has_blob("team/app", digest):
+        uploader.upload_blob("team/app", descriptor, reopen)
+    uploader.put_manifest("team/app", "1.0", manifest, media_type)
+"""
+
+import io
+import logging
+import urllib.parse
+from typing import Callable, Iterable, Iterator
+
+import requests
+
+from occystrap.auth import scope
+from occystrap.digest import Digest, Hasher
+from occystrap.errors import (
+    AccessDenied, BodyNotReplayable, RegistryError, RegistryUnreachable,
+    UploadRefused, VerificationError)
+from occystrap.manifest import Descriptor
+from occystrap.transport import Transport, error_details, redact
+
+LOG = logging.getLogger(__name__)
+
+# Each PATCH carries one chunk, held in memory so it goes with a
+# Content-Length (some registries refuse chunked transfer encoding on
+# uploads). 8 MiB: over ECR's 5 MiB minimum part; one round trip per chunk
+# costs under 5% at 100 Mbit/s; a cut chunk costs at most 8 MiB again; and
+# four parallel uploads hold 32 MiB. Proxies with smaller body limits
+# answer 413, and the message says to choose a smaller chunk size.
+DEFAULT_CHUNK_SIZE = 8 << 20
+MIN_CHUNK_SIZE = 64 << 10
+# Quota exhaustion has no standard code; these words in an error code or
+# message mark it (Harbor, GitLab, Artifactory, Nexus say it so).
+_QUOTA_WORDS = ("quota", "storage limit", "no space", "out of space",
+                "insufficient storage", "disk full")
+
+# Answers to a chunk after which asking where the upload stands may help;
+# others (405, 413, 501, 507...) will not change on a retry.
+_TRY_AGAIN = {408, 416, 429, 500, 502, 503, 504}
+
+Reopen = Callable[[int], Iterable[bytes]]
+
+
+class BlobUploader:
+    """Pushes blobs and manifests to one registry; safe across threads."""
+
+    def __init__(self, transport: Transport,
+                 chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
+        if chunk_size < MIN_CHUNK_SIZE:
+            raise ValueError(f"chunk size {chunk_size} is under "
+                             f"{MIN_CHUNK_SIZE} bytes")
+        self.transport = transport
+        self.chunk_size = chunk_size
+
+    @property
+    def host(self) -> str:
+        return self.transport.registry.host
+
+    # -- the interface -------------------------------------------------------
+
+    def has_blob(self, repository: str, digest: Digest) -> bool:
+        """Whether `repository` already holds the blob (a HEAD)."""
+        response = self._request("HEAD", f"{repository}/blobs/{digest}",
+                                 repository)
+        with response:
+            if response.status_code == 200:
+                return True
+            if response.status_code == 404:
+                return False
+            raise self._refused(response, repository, f"check for {digest}")
+
+    def mount_blob(self, repository: str, digest: Digest,
+                   source_repository: str) -> bool:
+        """Mount a blob held in `source_repository` into `repository`.
+
+        True if mounted (201). False if the registry started an upload
+        instead (202: it cannot mount, or does not have the blob there;
+        the session is cancelled) or may not let us read the source.
+        """
+        query = urllib.parse.urlencode({"mount": str(digest),
+                                        "from": source_repository})
+        try:
+            response = self._request(
+                "POST", f"{repository}/blobs/uploads/?{query}", repository,
+                source=source_repository, body=b"")
+        except AccessDenied as e:
+            # Usually pull refused on the source: upload the bytes instead.
+            # A refusal to push here will come back on that upload.
+            LOG.info("mounting %s from %s refused: %s", digest.short(),
+                     source_repository, e)
+            return False
+        with response:
+            if response.status_code == 201:
+                self._check_digest(response, repository, digest)
+                return True
+            if response.status_code == 202:
+                LOG.debug("%s did not mount %s from %s; cancelling the upload "
+                          "it started", self.host, digest.short(),
+                          source_repository)
+                self._cancel(repository, self._location(response, repository))
+                return False
+            if response.status_code == 404:
+                return False  # some registries: the source has no such blob
+            raise self._refused(response, repository, f"mount {digest}")
+
+    def upload_blob(self, repository: str, descriptor: Descriptor,
+                    reopen: Reopen,
+                    report: Callable[[int], None] = lambda n: None) -> None:
+        """Upload one blob, whose bytes from `offset` are `reopen(offset)`.
+
+        `report(n)` is told how many bytes the registry holds so far. Blobs
+        up to the chunk size go in one POST and PUT; larger ones in PATCH
+        chunks. A cut chunk resumes where the registry says the upload
+        stands; a session the registry forgot starts again. The bytes must
+        hash to the descriptor's digest: nothing else is committed.
+        """
+        _Upload(self, repository, descriptor, reopen, report).run()
+
+    def put_manifest(self, repository: str, reference: str, data: bytes,
+                     media_type: str) -> Digest:
+        """Put a manifest (or index) under a tag or digest; return its digest.
+
+        The registry's Docker-Content-Digest, when sent, must be ours: a
+        registry that rewrote the manifest would break digest references.
+        """
+        ours = Digest.of(data)
+        response = self._request(
+            "PUT", f"{repository}/manifests/{reference}", repository,
+            headers={"Content-Type": media_type}, body=data)
+        with response:
+            if response.status_code not in (200, 201, 202):
+                raise self._refused(response, repository,
+                                    f"store the manifest {reference}")
+            self._check_digest(response, repository, ours, "manifest")
+        return ours
+
+    # -- requests and their refusals ----------------------------------------
+
+    def _request(self, method: str, path: str, repository: str, *,
+                 source: str | None = None, headers: dict | None = None,
+                 body: bytes | io.BytesIO | None = None
+                 ) -> requests.Response:
+        wanted = scope(repository, "pull,push",
+                       *([(source, "pull")] if source else []))
+        try:
+            return self.transport.request(method, path, wanted, repository,
+                                          "push", headers=headers, body=body)
+        except AccessDenied as e:
+            if _quota(e.codes, e.messages):
+                raise self._full(repository, e.status, e.codes, e.messages,
+                                 e.url) from None
+            raise
+
+    def _check_digest(self, response: requests.Response, repository: str,
+                      ours: Digest, what: str = "blob") -> None:
+        claimed = response.headers.get("Docker-Content-Digest")
+        if claimed and claimed != str(ours):
+            raise VerificationError(
+                f"{self.host} stored the {what} {ours} in {repository} as "
+                f"{claimed}; the registry changed it, so references by "
+                "digest would break; push to another registry")
+
+    def _cancel(self, repository: str, location: str) -> None:
+        """Give back an upload session; a failure here only wastes space."""
+        try:
+            self._request("DELETE", location, repository).close()
+        except (RegistryError, RegistryUnreachable) as e:
+            LOG.debug("could not cancel an upload to %s: %s", repository, e)
+
+    def _location(self, response: requests.Response, repository: str,
+                  default: str | None = None) -> str:
+        location = response.headers.get("Location") or default
+        if not location:
+            raise RegistryError(
+                f"{self.host} started an upload to {repository} without "
+                "saying where to send it (no Location); it is not a "
+                "registry occystrap can push to", response.status_code,
+                redact(response.url))
+        # Relative locations are relative to the request's URL.
+        return urllib.parse.urljoin(response.url, location)
+
+    def _full(self, repository: str, status: int | None, codes: list[str],
+              messages: list[str], url: str | None) -> UploadRefused:
+        said = f": {messages[0][:200]}" if messages else ""
+        return UploadRefused(
+            f"{self.host} has no room for {repository} (HTTP {status}{said})"
+            "; it is out of space or over quota: free space or raise the "
+            "quota, then push again", status, url)
+
+    def _refused(self, response: requests.Response, repository: str,
+                 doing: str) -> RegistryError:
+        """The one-line error for a push the registry will not take."""
+        status = response.status_code
+        codes, messages = error_details(response)
+        url = redact(response.url)
+        if status == 405 or "UNSUPPORTED" in codes:
+            return UploadRefused(
+                f"{self.host} does not accept pushes to {repository} (HTTP "
+                f"{status}): it is read-only or a pull-through cache; push to "
+                "a registry that takes uploads", status, url)
+        if status == 413:
+            return UploadRefused(
+                f"{self.host} refused a request to push to {repository} as "
+                f"too large (HTTP 413); use a smaller --chunk-size than "
+                f"{self.chunk_size >> 10} KiB", status, url)
+        if status == 507 or _quota(codes, messages):
+            return self._full(repository, status, codes, messages, url)
+        if status == 404 and "NAME_UNKNOWN" in codes:
+            return UploadRefused(
+                f"{self.host} has no repository {repository} and does not "
+                "create one on push; create it there first", status, url)
+        if status == 429 or status >= 500:
+            return RegistryError(
+                f"{self.host} kept failing to {doing} in {repository} (HTTP "
+                f"{status}); try again later", status, url)
+        said = f": {messages[0][:200]}" if messages else ""
+        detail = f" ({', '.join(codes)}{said})" if codes else ""
+        error = RegistryError(
+            f"{self.host} refused to {doing} in {repository}: HTTP "
+            f"{status}{detail}", status, url)
+        error.codes, error.messages = codes, messages
+        return error
+
+
+class _Gone(Exception):
+    """The registry forgot the upload session: start again."""
+
+
+class _Broken(Exception):
+    """A chunk did not go through whole: ask where the upload stands."""
+
+    def __init__(self, why: str, retry_after: float | None = None) -> None:
+        super().__init__(why)
+        self.retry_after = retry_after
+
+
+class _Upload:
+    """One blob's upload: its session, offset and failures."""
+
+    def __init__(self, uploader: BlobUploader, repository: str,
+                 descriptor: Descriptor, reopen: Reopen,
+                 report: Callable[[int], None]) -> None:
+        self.up = uploader
+        self.repository = repository
+        self.descriptor = descriptor
+        self.reopen = reopen
+        self.report = report
+        self.hashed = _Ledger()
+        # Failures in a row without the registry taking a byte more.
+        self.failures = 0
+
+    @property
+    def retries(self) -> int:
+        return self.up.transport.options.retries
+
+    def run(self) -> None:
+        size = self.descriptor.size
+        while True:
+            try:
+                if size <= self.up.chunk_size:
+                    self._monolithic()
+                else:
+                    self._chunked()
+                return
+            except _Gone as e:
+                self._failed(f"{e}; starting the upload again")
+
+    def _failed(self, why: str, retry_after: float | None = None) -> None:
+        self.failures += 1
+        if self.failures > self.retries:
+            raise RegistryUnreachable(
+                f"uploading {self.descriptor.digest.short()} to "
+                f"{self.repository} on {self.up.host} failed "
+                f"{self.failures} times in a row ({why}); check the network "
+                "and try again, perhaps with a smaller --chunk-size")
+        if retry_after is not None:
+            retry_after = min(retry_after,
+                              self.up.transport.options.max_retry_after)
+        self.up.transport.pause(self.failures, retry_after, why)
+
+    def _start(self) -> str:
+        response = self.up._request(
+            "POST", f"{self.repository}/blobs/uploads/", self.repository,
+            body=b"")
+        with response:
+            if response.status_code != 202:
+                raise self.up._refused(response, self.repository,
+                                       "start an upload")
+            return self.up._location(response, self.repository)
+
+    def _monolithic(self) -> None:
+        """POST for a session, then one PUT with every byte and the digest."""
+        # One more byte than promised shows a source that is too long.
+        data = b"".join(_pieces(self.reopen(0), self.up.chunk_size,
+                                self.descriptor.size + 1))
+        digest = Digest.of(data, self.descriptor.digest.algorithm)
+        self._verify(digest, len(data))
+        location = self._start()
+        self._finish(location, data)
+        self.report(len(data))
+
+    def _chunked(self) -> None:
+        location = self._start()
+        offset = 0
+        while offset < self.descriptor.size:
+            try:
+                for piece in _pieces(self.reopen(offset), self.up.chunk_size,
+                                     self.descriptor.size - offset):
+                    self.hashed.feed(offset, piece)
+                    location = self._patch(location, offset, piece)
+                    offset += len(piece)
+                    self.failures = 0
+                    self.report(offset)
+                if offset != self.descriptor.size:
+                    raise VerificationError(
+                        f"blob {self.descriptor.digest} ended after {offset} "
+                        f"of {self.descriptor.size} bytes; the source is "
+                        "damaged or changed, and nothing was pushed under "
+                        "that digest")
+            except _Broken as e:
+                self._failed(str(e), e.retry_after)
+                location, at = self._status(location)
+                if at > offset + self.up.chunk_size or at > self.descriptor.size:
+                    raise RegistryError(
+                        f"{self.up.host} reports {at} bytes of an upload to "
+                        f"{self.repository} that was sent {offset} and one "
+                        "chunk; refusing to guess: push again", None,
+                        redact(location)) from None
+                LOG.info("upload of %s to %s broke off (%s); the registry "
+                         "holds %d bytes, resuming from there",
+                         self.descriptor.digest.short(), self.repository, e,
+                         at)
+                if at > offset:
+                    self.failures = 0  # part of the cut chunk arrived
+                offset = at
+                self.report(offset)
+        try:
+            self._verify(self.hashed.digest(self.descriptor), offset)
+            self._finish(location, b"")
+        except VerificationError:
+            self.up._cancel(self.repository, location)
+            raise
+
+    def _patch(self, location: str, offset: int, piece: bytes) -> str:
+        """Send one chunk; the upload's next location, or _Broken/_Gone."""
+        try:
+            # A file, not bytes: the transport must not send it twice, since
+            # part of a cut chunk may have landed. It still has a length.
+            response = self.up._request(
+                "PATCH", location, self.repository, body=io.BytesIO(piece),
+                headers={"Content-Type": "application/octet-stream",
+                         "Content-Range": f"{offset}-{offset + len(piece) - 1}"})
+        except BodyNotReplayable as e:
+            raise _Broken(str(e)) from None
+        with response:
+            if response.status_code == 202:
+                return self.up._location(response, self.repository)
+            if response.status_code == 404:
+                raise _Gone(f"{self.up.host} forgot the upload session")
+            if response.status_code in _TRY_AGAIN:
+                raise _Broken(f"HTTP {response.status_code}",
+                              _retry_after(response))
+            raise self.up._refused(response, self.repository, "upload")
+
+    def _status(self, location: str) -> tuple[str, int]:
+        """Where an upload stands: its location and the bytes it holds."""
+        try:
+            response = self.up._request("GET", location, self.repository)
+        except RegistryUnreachable as e:
+            raise RegistryUnreachable(
+                f"cannot ask {self.up.host} how much of an upload to "
+                f"{self.repository} arrived ({e})") from None
+        with response:
+            if response.status_code == 404:
+                # distribution answers 404 when the session holds other
+                # bytes than the location recorded: it cannot resume it.
+                raise _Gone(f"{self.up.host} cannot resume the upload")
+            if response.status_code not in (200, 204):
+                raise self.up._refused(response, self.repository,
+                                       "resume an upload")
+            return (self.up._location(response, self.repository, location),
+                    _received(response.headers.get("Range")))
+
+    def _finish(self, location: str, body: bytes) -> None:
+        """The closing PUT, naming the digest; it commits the blob."""
+        digest = self.descriptor.digest
+        split = urllib.parse.urlsplit(location)
+        query = urllib.parse.parse_qsl(split.query, keep_blank_values=True)
+        query.append(("digest", str(digest)))
+        url = urllib.parse.urlunsplit(
+            split._replace(query=urllib.parse.urlencode(query)))
+        response = self.up._request(
+            "PUT", url, self.repository, body=body,
+            headers={"Content-Type": "application/octet-stream"})
+        with response:
+            if response.status_code in (201, 204):
+                self.up._check_digest(response, self.repository, digest)
+                return
+            if response.status_code == 404:
+                # A PUT re-sent after its answer was lost finds the session
+                # closed; the blob then is there.
+                if self.up.has_blob(self.repository, digest):
+                    return
+                raise _Gone(f"{self.up.host} forgot the upload session")
+            error = self.up._refused(response, self.repository,
+                                     f"finish the upload of {digest}")
+        if {"DIGEST_INVALID", "SIZE_INVALID"} & set(error.codes):
+            raise VerificationError(
+                f"{self.up.host} found the bytes of {digest} pushed to "
+                f"{self.repository} do not match it ({', '.join(error.codes)}"
+                "); the source is damaged or changed; nothing was stored")
+        raise error
+
+    def _verify(self, digest: Digest | None, size: int) -> None:
+        expected = self.descriptor
+        if size != expected.size or (digest is not None
+                                     and digest != expected.digest):
+            raise VerificationError(
+                f"blob {expected.digest} read as {size} bytes hashing to "
+                f"{digest or 'something else'}; the source is damaged or "
+                "changed, and nothing was pushed under that digest")
+
+
+class _Ledger:
+    """Hashes a blob as it is first read, whatever resumes re-read.
+
+    Resumes start at or before the furthest byte read so far; only bytes
+    beyond it are hashed. If one ever started beyond (a registry claiming
+    bytes we never read), the hash is abandoned and the registry's own
+    check of the digest on the closing PUT is the only one.
+    """
+
+    def __init__(self) -> None:
+        self.hasher: Hasher | None = None
+        self.upto = 0
+        self.lost = False
+
+    def feed(self, offset: int, piece: bytes) -> None:
+        if self.lost:
+            return
+        if offset > self.upto:
+            self.lost = True
+            return
+        if self.hasher is None:
+            self.hasher = Hasher()
+        fresh = piece[self.upto - offset:]
+        if fresh:
+            self.hasher.update(fresh)
+            self.upto += len(fresh)
+
+    def digest(self, descriptor: Descriptor) -> Digest | None:
+        if self.lost or self.hasher is None \
+                or descriptor.digest.algorithm != "sha256":
+            return None
+        return self.hasher.digest()
+
+
+def _pieces(chunks: Iterable[bytes], size: int, limit: int
+            ) -> Iterator[bytes]:
+    """Re-cut a stream into pieces of `size` bytes, up to `limit` in all."""
+    buffer = bytearray()
+    for chunk in chunks:
+        buffer += chunk
+        while limit > 0 and len(buffer) >= min(size, limit):
+            piece = bytes(buffer[:min(size, limit)])
+            del buffer[:len(piece)]
+            limit -= len(piece)
+            yield piece
+        if limit <= 0:
+            return
+    if buffer:
+        yield bytes(buffer)
+
+
+def _received(header: str | None) -> int:
+    """Bytes an upload holds, from its `Range: 0-<last>` header.
+
+    distribution says "0-0" of an empty upload too; taking it as nothing
+    re-sends at most one byte of a one-byte upload, which never happens.
+    """
+    if not header:
+        return 0
+    start, _, end = header.strip().removeprefix("bytes=").partition("-")
+    if not (start.isdigit() and end.isdigit()) or int(end) == 0:
+        return 0
+    return int(end) + 1
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After", "").strip()
+    return float(value) if value.isdigit() else None
+
+
+def _quota(codes: list[str], messages: list[str]) -> bool:
+    text = " ".join(codes + messages).lower().replace("_", " ")
+    return "507" in codes or any(word in text for word in _QUOTA_WORDS)
