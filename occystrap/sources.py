@@ -12,12 +12,15 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from occystrap import dockersave, layout, store
-from occystrap.errors import StoreError
+from occystrap.digest import Digest
+from occystrap.errors import ManifestError, StoreError, VerificationError
 from occystrap.inputs.ocilayout import scan_layout
 from occystrap.inputs.offline import (
     DirectoryFiles, Files, Finding, Reader, SourceImage)
 from occystrap.inputs.saved import scan_docker_save, scan_shared
 from occystrap.inputs.tarball import TarFiles
+from occystrap.manifest import (
+    MAX_MANIFEST_SIZE, Descriptor, ImageIndex, parse_manifest)
 
 # The formats, as inspect's JSON names them.
 BUNDLE = "oci-layout"
@@ -33,6 +36,23 @@ class Scan:
     findings: tuple[Finding, ...]
     # Every file the metadata accounts for.
     used: frozenset[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceIndex:
+    """A multi-platform index a bundle keeps whole, exactly as stored."""
+
+    digest: Digest
+    media_type: str
+    data: bytes
+    # Every entry, in order: platform images and what rides along with
+    # them (attestations), which are not images to run.
+    manifests: tuple[Descriptor, ...]
+    images: tuple[Descriptor, ...]
+
+    @property
+    def attached(self) -> tuple[Descriptor, ...]:
+        return tuple(d for d in self.manifests if d not in self.images)
 
 
 class Source:
@@ -71,6 +91,43 @@ class Source:
 
     def chunks(self, name: str) -> Iterator[bytes]:
         return self.files.chunks(name)
+
+    def blob(self, digest: Digest, limit: int = MAX_MANIFEST_SIZE) -> bytes:
+        """A small blob of a bundle, checked against its digest."""
+        path = layout.blob_path(digest)
+        data = self.files.read(path, limit)
+        if Digest.of(data, digest.algorithm) != digest:
+            raise VerificationError(
+                f"{self.path}: {path} does not hash to {digest}; the source "
+                f"is damaged: run occystrap verify {self.path}")
+        return data
+
+    def blob_chunks(self, digest: Digest, offset: int = 0
+                    ) -> Iterator[bytes]:
+        """A bundle blob's stored bytes from `offset`, unchecked (the
+        caller hashes them, or whoever receives them does)."""
+        skip = offset
+        for chunk in self.files.chunks(layout.blob_path(digest)):
+            if skip:
+                cut = min(skip, len(chunk))
+                chunk, skip = chunk[cut:], skip - cut
+                if not chunk:
+                    continue
+            yield chunk
+
+    def index(self, digest: Digest) -> SourceIndex:
+        """The index of that digest, kept whole in a bundle."""
+        data = self.blob(digest)
+        try:
+            parsed = parse_manifest(data, None)
+        except ManifestError as e:
+            raise StoreError(f"{self.path}: index {digest} is damaged: {e}") \
+                from None
+        if not isinstance(parsed, ImageIndex):
+            raise StoreError(f"{self.path}: {digest} is a manifest, not an "
+                             "index")
+        return SourceIndex(digest, parsed.media_type, data, parsed.manifests,
+                           tuple(parsed.images()))
 
     def close(self) -> None:
         self.files.close()

@@ -67,6 +67,7 @@ class SourceInput:
             source=f"{image.label} in {self._source.path}",
             manifest=image.manifest,
             manifest_media_type=image.manifest_media_type,
+            index_digest=image.index_digest,
             full_name=name)
 
     def layer_chunks(self, layer: Layer,
@@ -89,6 +90,19 @@ class SourceInput:
                 f"{what} is {hasher.size} bytes, not {descriptor.size}; the "
                 "source is damaged")
         verify(what, descriptor.digest, hasher.digest())
+
+    def stored_chunks(self, layer: Layer, offset: int = 0
+                      ) -> Iterator[bytes]:
+        """The layer's stored bytes again, from `offset`, unchecked: for a
+        receiver that hashes them itself (an upload resumed mid-blob)."""
+        skip = offset
+        for chunk in self._source.chunks(self._paths[layer.index]):
+            if skip:
+                cut = min(skip, len(chunk))
+                chunk, skip = chunk[cut:], skip - cut
+                if not chunk:
+                    continue
+            yield chunk
 
     def describe(self, layer: Layer) -> str:
         return (f"layer {layer.index + 1} ({self._paths[layer.index]}) of "

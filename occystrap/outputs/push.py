@@ -1,0 +1,354 @@
+"""The registry as an output: blobs up, then each image's manifest.
+
+Every blob is first checked with a HEAD and skipped when the repository
+holds it; one pushed earlier in the run to another repository of the same
+registry is mounted from there instead of sent again; the rest go up
+through the BlobUploader. Manifests go up only after every blob they name.
+
+The writer's flow says what a manifest is made of. With Flow.BLOB (a
+bundle: original bytes) blobs and manifest go up exactly as stored, so
+every digest stays what it was. With Flow.LAYER (docker-save sources:
+uncompressed layer.tar) each layer is gzip-compressed on its way into a
+temporary file, whose digest and size are then known, and a new Docker v2
+manifest names the compressed layers and the unchanged config.
+
+Why a temporary file, not a stream into the upload: an upload names its
+digest and size before it starts (the registry commits nothing else),
+the HEAD that skips a blob the registry has needs the digest before any
+byte is sent, and a cut upload resumes from an offset, which a file gives
+for free while a gzip stream would have to be compressed again from the
+start. The file holds compressed bytes only, one per layer in flight.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import zlib
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable, Iterator
+
+from occystrap.digest import Digest, Hasher
+from occystrap.errors import OutputError
+from occystrap.fsutil import output_errors
+from occystrap.image import Flow, Image, Layer
+from occystrap.manifest import DOCKER_MANIFEST, Descriptor
+from occystrap.upload import BlobUploader
+
+LOG = logging.getLogger(__name__)
+
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_GZIP_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+# docker's own default: a fair size for a fair cost in CPU.
+GZIP_LEVEL = 6
+_READ_CHUNK = 1 << 20
+
+# Reads a layer's stored bytes again from an offset (an upload resumed).
+Reopen = Callable[[Layer, int], Iterator[bytes]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Pushed:
+    """One manifest (or index) now in the registry, and what it took."""
+
+    repository: str
+    # The tag it went up under; None when pushed by digest alone.
+    tag: str | None
+    digest: Digest
+    media_type: str
+    uploaded: int = 0
+    mounted: int = 0
+    present: int = 0
+    bytes_uploaded: int = 0
+
+
+class _Counts:
+    """Blobs uploaded, mounted or already there, for one image."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.uploaded = self.mounted = self.present = self.bytes = 0
+
+    def add(self, how: str, size: int = 0) -> None:
+        with self.lock:
+            if how == UPLOADED:
+                self.uploaded += 1
+                self.bytes += size
+            elif how == MOUNTED:
+                self.mounted += 1
+            else:
+                self.present += 1
+
+
+UPLOADED, MOUNTED, PRESENT = "uploaded", "mounted", "present"
+
+
+class PushWriter:
+    """Pushes images into one registry, each where aim() says."""
+
+    wants_size_hints = False
+
+    def __init__(self, uploader: BlobUploader, flow: Flow,
+                 temp_dir: Path | None = None,
+                 gzip_level: int = GZIP_LEVEL) -> None:
+        self.uploader = uploader
+        self.flow = flow
+        self._temp_parent = temp_dir
+        self._gzip_level = gzip_level
+        self._temp: Path | None = None
+        self._lock = threading.Lock()
+        # (repository, digest) pairs the registry holds, as far as we know.
+        self._held: set[tuple[str, Digest]] = set()
+        # Where in this registry each blob is, for mounting it elsewhere.
+        self._homes: dict[Digest, str] = {}
+        # The layer flow: each layer's compressed blob, by diff_id.
+        self._compressed: dict[Digest, Descriptor] = {}
+        self._repository: str | None = None
+        self._tag: str | None = None
+        self._reopen: Reopen | None = None
+        self._counts = _Counts()
+        self.pushed: list[Pushed] = []
+
+    # -- the destination -----------------------------------------------------
+
+    def open(self) -> None:
+        if self.flow is Flow.LAYER:
+            with output_errors(self._temp_parent or Path(
+                    tempfile.gettempdir())):
+                self._temp = Path(tempfile.mkdtemp(
+                    prefix="occystrap-push-", dir=self._temp_parent))
+
+    def close(self) -> None:
+        self._remove_temp()
+
+    def abort(self) -> None:
+        # What went up stays: blobs no manifest names are harmless, and the
+        # next push skips them. Manifests go up only when complete.
+        self._remove_temp()
+
+    def _remove_temp(self) -> None:
+        if self._temp is not None:
+            shutil.rmtree(self._temp, ignore_errors=True)
+            self._temp = None
+
+    # -- where the next image goes --------------------------------------------
+
+    def aim(self, repository: str, tag: str | None,
+            reopen: Reopen | None = None) -> None:
+        """The next image goes to `repository`, under `tag` (None: by
+        digest only); `reopen` reads a layer's stored bytes again from an
+        offset, for an upload that must resume."""
+        self._repository, self._tag, self._reopen = repository, tag, reopen
+
+    @property
+    def repository(self) -> str:
+        if self._repository is None:
+            raise AssertionError("aim() the writer before writing")
+        return self._repository
+
+    # -- images ----------------------------------------------------------------
+
+    def begin(self, image: Image) -> None:
+        if self.flow is Flow.BLOB and (image.manifest is None
+                                       or image.manifest_media_type is None):
+            raise OutputError(
+                f"{image.source or image.repository}: the source keeps no "
+                "original manifest, so it cannot be pushed byte for byte")
+        self._counts = _Counts()
+
+    def plan(self, layers: list[tuple[Layer, int | None]]) -> None:
+        pass
+
+    def has_layer(self, layer: Layer) -> bool:
+        if self.flow is Flow.BLOB:
+            assert layer.descriptor is not None
+            descriptor: Descriptor | None = layer.descriptor
+        else:
+            with self._lock:
+                descriptor = self._compressed.get(layer.diff_id)
+        if descriptor is None:
+            return False
+        how = self._find(self.repository, descriptor.digest)
+        if how is None:
+            return False
+        self._counts.add(how)
+        return True
+
+    def write_layer(self, layer: Layer, chunks: Iterator[bytes]) -> None:
+        if self.flow is Flow.BLOB:
+            self._upload_stored(layer, chunks)
+        else:
+            self._upload_compressed(layer, chunks)
+
+    def commit(self, image: Image) -> None:
+        repository = self.repository
+        config = Descriptor(
+            image.config_media_type or DOCKER_CONFIG, image.config_digest,
+            len(image.config))
+        self.put_blob(repository, config, _bytes_from(image.config),
+                      self._counts)
+        if self.flow is Flow.BLOB:
+            assert image.manifest is not None
+            assert image.manifest_media_type is not None
+            data, media_type = image.manifest, image.manifest_media_type
+        else:
+            data, media_type = self._new_manifest(image, config), \
+                DOCKER_MANIFEST
+        digest = self.put_manifest(repository, self._tag, data, media_type)
+        counts = self._counts
+        self.pushed.append(Pushed(
+            repository, self._tag, digest, media_type, counts.uploaded,
+            counts.mounted, counts.present, counts.bytes))
+
+    # -- blobs and manifests, also for what is not an image ------------------
+
+    def put_blob(self, repository: str, descriptor: Descriptor,
+                 reopen: Callable[[int], Iterable[bytes]],
+                 counts: _Counts | None = None) -> str:
+        """Make the repository hold the blob: present, mounted or uploaded."""
+        how = self._find(repository, descriptor.digest)
+        if how is None:
+            self.uploader.upload_blob(repository, descriptor, reopen)
+            self._holds(repository, descriptor.digest)
+            how = UPLOADED
+        if counts is not None:
+            counts.add(how, descriptor.size)
+        return how
+
+    def put_manifest(self, repository: str, tag: str | None, data: bytes,
+                     media_type: str) -> Digest:
+        """A manifest or index, under its tag, or by its digest."""
+        reference = tag or str(Digest.of(data))
+        return self.uploader.put_manifest(repository, reference, data,
+                                          media_type)
+
+    def _find(self, repository: str, digest: Digest) -> str | None:
+        """PRESENT or MOUNTED if the repository holds the blob now; None if
+        it must be uploaded."""
+        with self._lock:
+            if (repository, digest) in self._held:
+                return PRESENT
+            home = self._homes.get(digest)
+        if self.uploader.has_blob(repository, digest):
+            self._holds(repository, digest)
+            return PRESENT
+        if home is not None and home != repository \
+                and self.uploader.mount_blob(repository, digest, home):
+            LOG.info("mounted %s into %s from %s", digest.short(),
+                     repository, home)
+            self._holds(repository, digest)
+            return MOUNTED
+        return None
+
+    def _holds(self, repository: str, digest: Digest) -> None:
+        with self._lock:
+            self._held.add((repository, digest))
+            self._homes.setdefault(digest, repository)
+
+    # -- the blob flow: stored bytes as they are ------------------------------
+
+    def _upload_stored(self, layer: Layer, chunks: Iterator[bytes]) -> None:
+        assert layer.descriptor is not None
+        descriptor = layer.descriptor
+        first: list[Iterator[bytes]] = [chunks]
+        again = self._reopen
+        reread: list[int] = []
+
+        def reopen(offset: int) -> Iterator[bytes]:
+            if offset == 0 and first:
+                # The input's stream, checked and counted as it is read.
+                return first.pop()
+            reread.append(offset)
+            if again is None:
+                raise OutputError(
+                    f"the upload of layer {layer.index + 1} to "
+                    f"{self.repository} must start again, and this source "
+                    "cannot be read twice; push again")
+            return again(layer, offset)
+
+        self.uploader.upload_blob(self.repository, descriptor, reopen)
+        if first:
+            raise AssertionError("the uploader never read the layer")
+        if not reread:
+            # The upload stops reading at the promised size; finish the
+            # input's stream so that its own checks run at its end. (After
+            # a resume the uploader and the registry checked the digest.)
+            for _ in chunks:
+                pass
+        self._holds(self.repository, descriptor.digest)
+        self._counts.add(UPLOADED, descriptor.size)
+
+    # -- the layer flow: compressed on the way --------------------------------
+
+    def _upload_compressed(self, layer: Layer, chunks: Iterator[bytes]
+                           ) -> None:
+        assert self._temp is not None
+        path = self._temp / f"{layer.diff_id.hex}.gz"
+        try:
+            with output_errors(path), open(path, "wb") as f:
+                hasher = _gzip_into(chunks, f, self._gzip_level)
+            descriptor = Descriptor(DOCKER_GZIP_LAYER, hasher.digest(),
+                                    hasher.size)
+            with self._lock:
+                self._compressed[layer.diff_id] = descriptor
+            self.put_blob(self.repository, descriptor,
+                          lambda offset: _file_from(path, offset),
+                          self._counts)
+        finally:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def _new_manifest(self, image: Image, config: Descriptor) -> bytes:
+        with self._lock:
+            layers = [self._compressed[layer.diff_id]
+                      for layer in image.layers]
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": DOCKER_MANIFEST,
+            "config": _descriptor_json(config),
+            "layers": [_descriptor_json(d) for d in layers],
+        }
+        return json.dumps(doc, indent=3).encode()
+
+
+def _descriptor_json(descriptor: Descriptor) -> dict:
+    return {"mediaType": descriptor.media_type, "size": descriptor.size,
+            "digest": str(descriptor.digest)}
+
+
+def _gzip_into(chunks: Iterable[bytes], f: BinaryIO, level: int) -> Hasher:
+    """Compress into f, hashing the compressed bytes as they are written.
+
+    zlib's gzip wrapper writes no name and no time, so the same layer
+    compresses to the same blob every time (with the same zlib): a second
+    push finds it in the registry. zlib releases the GIL while it works,
+    so layers compress in parallel on the pipeline's threads.
+    """
+    hasher = Hasher()
+    deflater = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+
+    def out(data: bytes) -> None:
+        if data:
+            hasher.update(data)
+            f.write(data)
+
+    for chunk in chunks:
+        out(deflater.compress(chunk))
+    out(deflater.flush())
+    return hasher
+
+
+def _bytes_from(data: bytes) -> Callable[[int], Iterator[bytes]]:
+    return lambda offset: iter([data[offset:]])
+
+
+def _file_from(path: Path, offset: int) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while chunk := f.read(_READ_CHUNK):
+            yield chunk
