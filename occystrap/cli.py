@@ -646,5 +646,115 @@ def _inspect_table(doc: dict) -> str:
     return "\n".join(lines)
 
 
+class _Size(click.ParamType):
+    """A byte count: 4194304, 512k, 8M or 1G (binary units)."""
+
+    name = "SIZE"
+    _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        match = re.fullmatch(r"\s*(\d+)\s*([kmg]?)(?:i?b)?\s*",
+                             str(value).lower())
+        if not match:
+            self.fail(f"{value!r} is not a size; use bytes or a number "
+                      "with k, M or G, e.g. 4M", param, ctx)
+        return int(match.group(1)) * self._UNITS[match.group(2)]
+
+
+@cli.command("push")
+@click.option("--prefix", metavar="PATH",
+              help="Put every image under this repository path, e.g. "
+                   "mirror: REGISTRY/mirror/library/busybox:latest.")
+@click.option("--image", "images", multiple=True, metavar="REPO:TAG",
+              help="Push only this image of SOURCE (as it is named there); "
+                   "may be repeated.")
+@click.option("--chunk-size", type=_Size(), default="8M",
+              show_default=True,
+              help="Upload larger blobs in chunks of this size; smaller "
+                   "when a proxy refuses large requests (HTTP 413).")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.argument("registry")
+@pass_settings
+def push(settings: Settings, prefix, images, chunk_size, source, registry):
+    """Push every image of SOURCE into REGISTRY (HOST[:PORT]).
+
+    SOURCE is a bundle (fetch-to-bundle; a directory or a tar of one), a
+    tarball (fetch-to-tarfile, recreate-image, docker save) or a
+    fetch-to-extracted directory, single or shared. Each image keeps its
+    repository path and tag: 127.0.0.1:5555/shared/app:stable goes to
+    REGISTRY/shared/app:stable, busybox:latest to
+    REGISTRY/library/busybox:latest. From a bundle every manifest, index
+    and blob goes up byte for byte, so every digest stays the same; from a
+    tarball or a directory, layers are compressed on the way and a new
+    manifest is written (the config, and so the image ID, is unchanged).
+    Blobs the registry has are skipped, and blobs already pushed to
+    another repository are mounted, not sent again.
+
+    \b
+    Example:
+      occystrap push transfer registry.internal:5000
+      occystrap push --prefix mirror --image busybox:1.36 transfer.tar \\
+          registry.internal:5000
+    """
+    from occystrap import pusher, sources
+    from occystrap.image import Flow
+    from occystrap.outputs.push import PushWriter
+    from occystrap.reference import Registry
+    from occystrap.transport import Transport
+    from occystrap.upload import MIN_CHUNK_SIZE, BlobUploader
+    if chunk_size < MIN_CHUNK_SIZE:
+        raise click.BadParameter(
+            f"at least {human_size(MIN_CHUNK_SIZE)}", param_hint="--chunk-size")
+    target = Registry.parse(registry)
+    credentials: Credentials | CredentialSource | None = settings.credentials
+    if credentials is None:
+        credentials = functools.partial(find_credentials, target.host)
+    with sources.open_source(source) as held, \
+            Transport(target, settings.transport, credentials) as transport:
+        targets = pusher.plan(held, prefix, tuple(images), settings.platform)
+        keeps = all(i.manifest is not None for t in targets for i in t.images)
+        writer = PushWriter(BlobUploader(transport, chunk_size),
+                            Flow.BLOB if keeps else Flow.LAYER)
+        display = ProgressDisplay(sys.stderr) if settings.progress else None
+        try:
+            outcomes = pusher.push(held, writer, targets,
+                                   report=display or progress.ignore,
+                                   parallel=settings.parallel)
+        finally:
+            if display:
+                display.close()
+    if not settings.quiet:
+        for outcome in outcomes:
+            click.echo(_push_line(outcome, target.host), err=True)
+
+
+def _push_line(outcome, host: str) -> str:
+    target = outcome.target
+    where = f"{host}/{target.repository}"
+    name = (f"{where}:{target.tag}" if target.tag
+            else f"{where}@{outcome.digest}")
+    what = "index" if target.index else "manifest"
+    platforms = ", ".join(sorted({str(p) for p in outcome.platforms}))
+    blobs = [f"{outcome.uploaded} {_plural(outcome.uploaded, 'blob')} "
+             f"uploaded ({human_size(outcome.bytes_uploaded)})"]
+    if outcome.mounted:
+        blobs.append(f"{outcome.mounted} mounted")
+    if outcome.present:
+        blobs.append(f"{outcome.present} already there")
+    line = (f"Pushed {target.label} to {name} ({what} {outcome.digest}, "
+            f"{platforms}; {', '.join(blobs)}; {outcome.seconds:.1f}s)")
+    if target.tag is None:
+        line += "; by digest only, as the image has no tag"
+    if outcome.new_manifest:
+        line += ("; a new manifest with the layers gzip-compressed, not "
+                 "the digest the image had where it came from (its config "
+                 "and image ID are unchanged)")
+    if target.note:
+        line += f"; {target.note}"
+    return line
+
+
 def main() -> None:
     cli(prog_name="occystrap")

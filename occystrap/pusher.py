@@ -10,6 +10,7 @@ sources get a new manifest (see outputs/push.py).
 """
 
 import dataclasses
+import functools
 import logging
 import time
 from typing import Iterator
@@ -159,11 +160,16 @@ def _push_attached(source: Source, writer: PushWriter, repository: str,
     its manifest, as they are."""
     data = source.blob(digest)
     for blob in artifact_blobs(data, f"{source.path}: entry {digest}"):
-        how = writer.put_blob(
-            repository, blob,
-            lambda offset, d=blob.digest: source.blob_chunks(d, offset))
+        how = writer.put_blob(repository, blob,
+                              functools.partial(_blob_from, source,
+                                                blob.digest))
         extra.add(how, blob.size)
     writer.put_manifest(repository, str(digest), data, media_type)
+
+
+def _blob_from(source: Source, digest: Digest, offset: int
+               ) -> Iterator[bytes]:
+    return source.blob_chunks(digest, offset)
 
 
 def _groups(source: Source, images: list[SourceImage]
@@ -283,4 +289,3 @@ def _names(name: str, wanted: ImageReference, explicit: bool) -> bool:
     if wanted.digest is not None and wanted.tag is None:
         return held.digest == wanted.digest
     return held.tag == wanted.tag
-

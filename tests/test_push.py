@@ -1,0 +1,281 @@
+"""push against real registries: digests compared with the source registry's,
+images pulled back with skopeo and loaded in podman, requests counted
+through the fault proxy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+import imagebuild as ib
+from conftest import (
+    assert_error, occystrap, skopeo_copy, skopeo_inspect, start_registry)
+from faultproxy import FaultProxy
+
+ACCEPT = ", ".join([
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+])
+NO_TLS = "--tls-verify=false"
+
+
+@pytest.fixture
+def far(tmp_path: Path) -> Iterator:
+    """An empty registry on the far side of the gap."""
+    with start_registry(tmp_path / "far") as running:
+        yield running
+
+
+def _image(seed: int, compression: str = "gzip", oci: bool = False, size: int = 30_000,
+           **kwargs) -> ib.Image:
+    # Every image shares this base layer, byte for byte.
+    base = ib.make_layer([ib.directory("etc"), ib.file("etc/os-release", b"ID=t\n")],
+                         compression, oci=oci)
+    data = ib.make_layer([ib.file(f"data/{seed}", ib.random_bytes(size, seed))],
+                         compression, oci=oci)
+    return ib.make_image([base, data], oci=oci, **kwargs)
+
+
+def _ok(*args: str):
+    result = occystrap(*args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _get(registry, repository: str, reference: str) -> tuple[bytes, str] | None:
+    """A manifest's bytes and digest as the registry serves them, or None."""
+    response = requests.get(f"{registry.url}/v2/{repository}/manifests/{reference}",
+                            headers={"Accept": ACCEPT}, timeout=10)
+    if response.status_code == 404:
+        return None
+    response.raise_for_status()
+    return response.content, response.headers["Docker-Content-Digest"]
+
+
+def _config_digest(registry, repository: str, reference: str) -> str:
+    found = _get(registry, repository, reference)
+    assert found is not None, f"{repository}:{reference} is not in {registry.host}"
+    return json.loads(found[0])["config"]["digest"]
+
+
+def _uploads(proxy: FaultProxy) -> list:
+    """Requests that send blob bytes (a mount sends none)."""
+    return [s for s in proxy.requests(r"/blobs/uploads/")
+            if s.method in ("PATCH", "PUT")
+            or (s.method == "POST" and "mount=" not in s.path)]
+
+
+def _load_back(far, reference: str, tmp_path: Path, podman) -> dict:
+    """Pull the pushed image back with skopeo, load it in podman."""
+    archive = tmp_path / f"back-{len(list(tmp_path.iterdir()))}.tar"
+    skopeo_copy(f"docker://{far.host}/{reference}", f"docker-archive:{archive}:back:1",
+                "--src-tls-verify=false")
+    names = podman.load(archive)
+    assert any(n.endswith("back:1") for n in names), names
+    return podman.inspect("back:1")
+
+
+def test_a_bundle_pushes_with_every_digest_identical(registry, repo, far, podman, tmp_path):
+    docker_gzip, oci_zstd = _image(1), _image(2, "zstd", oci=True)
+    amd, arm = _image(3, oci=True), _image(4, oci=True, architecture="arm64", variant="v8")
+    index = ib.make_index([amd, arm], oci=True, attestations=True)
+    registry.push_image(f"{repo}/docker", docker_gzip, "1.0")
+    registry.push_image(f"{repo}/zstd", oci_zstd, "2.0")
+    registry.push_index(f"{repo}/multi", index, "3.0")
+    pinned = registry.push_image(f"{repo}/pinned", _image(5), "x")
+    host = registry.host
+    bundle = tmp_path / "bundle"
+    _ok("fetch-to-bundle", "--all-platforms", f"{host}/{repo}/docker:1.0",
+        f"{host}/{repo}/zstd:2.0", f"{host}/{repo}/multi:3.0", f"{host}/{repo}/pinned@{pinned}",
+        str(bundle))
+
+    result = _ok("push", str(bundle), far.host)
+
+    for repository, tag in [(f"{repo}/docker", "1.0"), (f"{repo}/zstd", "2.0"),
+                            (f"{repo}/multi", "3.0")]:
+        assert _get(far, repository, tag) == _get(registry, repository, tag)
+        assert f"to {far.host}/{repository}:{tag} (" in result.output
+    # The index went up whole: every platform and attestation, by digest.
+    assert _get(far, f"{repo}/multi", "3.0")[1] == index.manifest_digest
+    for child in index.children:
+        assert _get(far, f"{repo}/multi", child.manifest_digest) == (
+            child.manifest, child.manifest_digest)
+    # Pulled by digest, it has no tag: pushed by digest, and said so.
+    assert _get(far, f"{repo}/pinned", pinned) == _get(registry, f"{repo}/pinned", pinned)
+    assert f"{far.host}/{repo}/pinned@{pinned}" in result.output
+    assert "by digest only" in result.output
+
+    seen = skopeo_inspect(f"docker://{far.host}/{repo}/docker:1.0", NO_TLS)
+    assert seen["Digest"] == docker_gzip.manifest_digest
+    seen = skopeo_inspect(f"docker://{far.host}/{repo}/multi:3.0", NO_TLS,
+                          "--override-arch", "arm64", "--override-variant", "v8")
+    assert (seen["Digest"], seen["Architecture"]) == (index.manifest_digest, "arm64")
+    loaded = _load_back(far, f"{repo}/docker:1.0", tmp_path, podman)
+    assert loaded["Id"] == docker_gzip.config_digest.split(":")[1]
+
+
+def test_a_second_push_uploads_no_blob_and_mounts_across_repositories(
+        registry, repo, far, tmp_path):
+    one, two = _image(10), _image(11)
+    registry.push_image(f"{repo}/one", one, "1")
+    registry.push_image(f"{repo}/two", two, "2")
+    bundle = tmp_path / "bundle"
+    _ok("fetch-to-bundle", f"{registry.host}/{repo}/one:1", f"{registry.host}/{repo}/two:2",
+        str(bundle))
+    shared = one.layers[0].digest
+    assert shared == two.layers[0].digest
+
+    with FaultProxy(far.url) as proxy:
+        result = _ok("push", str(bundle), proxy.host)
+        # The base layer went up once, into one; two mounted it from there.
+        sent = _uploads(proxy)
+        assert len(sent) > 0
+        mounts = [s for s in proxy.requests(r"mount=") if s.method == "POST"]
+        assert [(s.path.split("?")[0], s.status) for s in mounts] == [
+            (f"/v2/{repo}/two/blobs/uploads/", 201)]
+        query = urllib.parse.parse_qs(mounts[0].path.split("?")[1])
+        assert query == {"mount": [shared], "from": [f"{repo}/one"]}
+        assert "1 mounted" in result.output
+
+        # Again, from a tar of the bundle: every blob is there already.
+        tar = tmp_path / "bundle.tar"
+        subprocess.run(["tar", "-cf", str(tar), "-C", str(bundle), "."], check=True)
+        before = len(proxy.seen)
+        again = _ok("push", str(tar), proxy.host)
+        later = proxy.seen[before:]
+        assert [s for s in later if "/blobs/uploads/" in s.path] == []
+        assert {s.method for s in later if "/blobs/" in s.path} == {"HEAD"}
+        assert sorted(s.path for s in later if s.method == "PUT") == sorted([
+            f"/v2/{repo}/one/manifests/1", f"/v2/{repo}/two/manifests/2"])
+        assert "0 blobs uploaded" in again.output
+    assert _get(far, f"{repo}/two", "2")[1] == two.manifest_digest
+
+
+def test_a_tarball_pushes_with_its_config_unchanged(registry, repo, far, podman, tmp_path):
+    image = _image(20, "zstd", oci=True)
+    registry.push_image(repo, image, "v1")
+    tarball = tmp_path / "image.tar"
+    _ok("fetch-to-tarfile", registry.host, repo, "v1", str(tarball))
+
+    result = _ok("push", str(tarball), far.host)
+
+    assert _config_digest(far, repo, "v1") == image.config_digest
+    manifest, digest = _get(far, repo, "v1")
+    assert digest != image.manifest_digest
+    assert f"manifest {digest}" in result.output
+    assert "not the digest the image had" in result.output
+    doc = json.loads(manifest)
+    assert doc["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
+    assert {layer["mediaType"] for layer in doc["layers"]} == {
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"}
+    loaded = _load_back(far, f"{repo}:v1", tmp_path, podman)
+    assert loaded["Id"] == image.config_digest.split(":")[1]
+    # Compressed the same way again: the same blobs, nothing uploaded.
+    with FaultProxy(far.url) as proxy:
+        again = _ok("push", str(tarball), proxy.host)
+        assert _uploads(proxy) == []
+    assert f"manifest {digest}" in again.output
+
+
+def test_a_shared_directory_pushes_each_image_mounting_what_they_share(
+        registry, repo, far, tmp_path):
+    one, two = _image(30), _image(31)
+    registry.push_image(f"{repo}/one", one, "a")
+    registry.push_image(f"{repo}/two", two, "b")
+    shared = tmp_path / "shared"
+    for name, tag in [("one", "a"), ("two", "b")]:
+        _ok("fetch-to-extracted", "--use-unique-names", registry.host, f"{repo}/{name}", tag,
+            str(shared))
+
+    with FaultProxy(far.url) as proxy:
+        result = _ok("push", str(shared), proxy.host)
+        mounts = [s for s in proxy.requests(r"mount=") if s.method == "POST"]
+        assert [s.status for s in mounts] == [201]
+
+    assert _config_digest(far, f"{repo}/one", "a") == one.config_digest
+    assert _config_digest(far, f"{repo}/two", "b") == two.config_digest
+    assert result.output.count("Pushed ") == 2
+
+
+def test_prefix_and_image_choose_what_goes_where(registry, repo, far, tmp_path):
+    one, two = _image(40), _image(41)
+    registry.push_image(f"{repo}/one", one, "1")
+    registry.push_image(f"{repo}/two", two, "2")
+    bundle = tmp_path / "bundle"
+    _ok("fetch-to-bundle", f"{registry.host}/{repo}/one:1", f"{registry.host}/{repo}/two:2",
+        str(bundle))
+
+    result = _ok("push", "--prefix", "mirror/team", "--image", f"{repo}/two:2", str(bundle),
+                 far.host)
+
+    assert _get(far, f"mirror/team/{repo}/two", "2")[1] == two.manifest_digest
+    assert _get(far, f"mirror/team/{repo}/one", "1") is None
+    assert _get(far, f"{repo}/two", "2") is None
+    assert f"{far.host}/mirror/team/{repo}/two:2" in result.output
+
+    missing = occystrap("push", "--image", f"{repo}/three:3", str(bundle), far.host)
+    assert_error(missing, f"{repo}/three:3 is not in {bundle}", f"{repo}/two:2")
+    bad = occystrap("push", "--prefix", "Mirror", str(bundle), far.host)
+    assert_error(bad, "invalid --prefix 'Mirror'")
+
+
+def test_a_hub_name_goes_under_library(far, tmp_path):
+    # A docker-save tarball names its image as docker does: busybox:latest.
+    image = _image(50)
+    tarball = tmp_path / "busybox.tar"
+    _write_docker_save(tarball, image, "busybox:latest")
+
+    result = _ok("push", str(tarball), far.host)
+
+    assert _config_digest(far, "library/busybox", "latest") == image.config_digest
+    assert f"{far.host}/library/busybox:latest" in result.output
+
+
+def test_a_docker_save_tarball_pushes_with_its_image_id(registry, repo, far, docker, tmp_path):
+    image = _image(60)
+    registry.push_image(repo, image, "v1")
+    ours = tmp_path / "ours.tar"
+    _ok("fetch-to-tarfile", registry.host, repo, "v1", str(ours))
+    names, _ = docker.load(ours)
+    saved = tmp_path / "saved.tar"
+    docker.run("save", "--output", str(saved), names[0])
+
+    result = _ok("push", "--prefix", "from-docker", str(saved), far.host)
+
+    assert _config_digest(far, f"from-docker/{repo}", "v1") == image.config_digest
+    assert "not the digest the image had" in result.output
+
+
+def test_an_unreachable_registry_is_one_line(tmp_path):
+    tarball = tmp_path / "busybox.tar"
+    _write_docker_save(tarball, _image(70), "busybox:latest")
+    result = occystrap("push", str(tarball), "127.0.0.1:9")
+    assert_error(result, "127.0.0.1:9")
+
+
+def _write_docker_save(path: Path, image: ib.Image, repo_tag: str) -> None:
+    """A docker-save tarball as docker before 25 writes it."""
+    import io
+    import tarfile
+    config_name = f"{image.config_digest.split(':')[1]}.json"
+    members = {config_name: image.config}
+    layers = []
+    for layer in image.layers:
+        name = f"{layer.diff_id.split(':')[1]}/layer.tar"
+        members[name] = layer.tar
+        layers.append(name)
+    members["manifest.json"] = json.dumps(
+        [{"Config": config_name, "RepoTags": [repo_tag], "Layers": layers}]).encode()
+    with tarfile.open(path, "w") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
