@@ -16,7 +16,7 @@ import requests
 import imagebuild as ib
 from conftest import (
     assert_error, occystrap, skopeo_copy, skopeo_inspect, start_registry)
-from faultproxy import FaultProxy
+from faultproxy import CutUpload, FaultProxy, Status
 
 ACCEPT = ", ".join([
     "application/vnd.oci.image.index.v1+json",
@@ -252,6 +252,51 @@ def test_a_docker_save_tarball_pushes_with_its_image_id(registry, repo, far, doc
 
     assert _config_digest(far, f"from-docker/{repo}", "v1") == image.config_digest
     assert "not the digest the image had" in result.output
+
+
+CHUNK = 64 << 10
+
+
+def _cut_second_patch(proxy: FaultProxy, *, keep_part: bool, follow: bool) -> None:
+    """Cut the second PATCH of an upload after 10,000 bytes."""
+    class SecondPatch(CutUpload):
+        def takes(self, method: str, path: str, headers: dict[str, str]) -> bool:
+            if method == "PATCH" and headers.get("content-range", "").startswith(f"{CHUNK}-"):
+                return super().takes(method, path, headers)
+            return False
+    proxy.add(SecondPatch(r"/blobs/uploads/", after=10_000, keep_part=keep_part,
+                          follow=follow, times=1))
+
+
+@pytest.mark.parametrize("source", ["bundle", "tarball"])
+@pytest.mark.parametrize("keep_part,follow", [(True, True), (True, False)],
+                         ids=["resumed-mid-chunk", "session-forgotten"])
+def test_a_cut_upload_resumes_or_starts_again_from_the_source(
+        registry, repo, far, tmp_path, source, keep_part, follow):
+    # Random bytes do not compress: the layer stays over three chunks.
+    image = _image(80, size=4 * CHUNK)
+    registry.push_image(repo, image, "big")
+    path = tmp_path / source
+    if source == "bundle":
+        _ok("fetch-to-bundle", f"{registry.host}/{repo}:big", str(path))
+    else:
+        _ok("fetch-to-tarfile", registry.host, repo, "big", str(path))
+
+    with FaultProxy(far.url) as proxy:
+        _cut_second_patch(proxy, keep_part=keep_part, follow=follow)
+        proxy.add(Status(r"/manifests/", 503, methods=("PUT",), times=1))
+        _ok("--retries", "3", "-j", "1", "push", "--chunk-size", "64k", str(path), proxy.host)
+        statuses = [s.status for s in proxy.requests(r"/blobs/uploads/.")
+                    if s.method == "GET"]
+        assert statuses == ([204] if follow else [404])
+
+    assert _config_digest(far, repo, "big") == image.config_digest
+    if source == "bundle":
+        assert _get(far, repo, "big")[1] == image.manifest_digest
+    for layer in json.loads(_get(far, repo, "big")[0])["layers"]:
+        blob = requests.get(f"{far.url}/v2/{repo}/blobs/{layer['digest']}", timeout=10)
+        assert ib.sha256(blob.content) == layer["digest"]
+        assert len(blob.content) == layer["size"]
 
 
 def test_an_unreachable_registry_is_one_line(tmp_path):
