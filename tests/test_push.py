@@ -324,3 +324,86 @@ def _write_docker_save(path: Path, image: ib.Image, repo_tag: str) -> None:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
+
+
+# --- TLS, Basic and token auth -------------------------------------------------
+
+ALICE, ALICE_PASSWORD = "alice", "alice-Push-pw-7"
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """Behind TLS from a test CA: one registry with htpasswd, one in token
+    mode whose token service lets alice push to team/ and anyone pull
+    public/ only."""
+    bcrypt = pytest.importorskip("bcrypt")
+    import pki
+    import tokenserver
+    root = tmp_path_factory.mktemp("secured")
+    ca = pki.make_ca(root / "pki")
+    server = pki.issue_server_cert(ca, root / "pki", ["127.0.0.1", "localhost"])
+    tls = {"http": {"tls": {"certificate": str(server.cert), "key": str(server.key)}}}
+    htpasswd = root / "htpasswd"
+    hashed = bcrypt.hashpw(ALICE_PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+    htpasswd.write_text(f"{ALICE}:{hashed}\n")
+    service = tokenserver.TokenServer(root / "token", server, users={ALICE: ALICE_PASSWORD},
+                                      pushers={ALICE: ["team"]})
+    with service.running(), \
+            start_registry(root / "basic", {**tls, "auth": {"htpasswd": {
+                "realm": "occystrap-test", "path": str(htpasswd)}}}) as basic, \
+            start_registry(root / "tokens", {**tls, **service.registry_config()}) as tokens:
+        yield {"ca": str(ca.cert), "basic": basic, "tokens": tokens}
+
+
+@pytest.fixture
+def no_stored_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("DOCKER_CONFIG", "REGISTRY_AUTH_FILE", "XDG_CONFIG_HOME",
+                 "OCCYSTRAP_USERNAME", "OCCYSTRAP_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+
+
+def _stored_config(registry, repository: str, tag: str, ca: str, auth=None) -> str:
+    response = requests.get(f"{registry.url}/v2/{repository}/manifests/{tag}",
+                            headers={"Accept": ACCEPT}, verify=ca, auth=auth, timeout=10)
+    response.raise_for_status()
+    return json.loads(response.content)["config"]["digest"]
+
+
+def test_tls_with_htpasswd(secured, no_stored_credentials, tmp_path):
+    image = _image(90)
+    tarball = tmp_path / "app.tar"
+    _write_docker_save(tarball, image, "127.0.0.1:5555/shared/app:stable")
+    basic = secured["basic"]
+
+    wrong = occystrap("--ca-cert", secured["ca"], "--username", ALICE, "--password", "nope",
+                      "push", str(tarball), basic.host)
+    assert_error(wrong, ALICE)
+    untrusted = occystrap("--username", ALICE, "--password", ALICE_PASSWORD,
+                          "push", str(tarball), basic.host)
+    assert_error(untrusted, "--ca-cert")
+    _ok("--ca-cert", secured["ca"], "--username", ALICE, "--password", ALICE_PASSWORD,
+        "push", str(tarball), basic.host)
+
+    assert _stored_config(basic, "shared/app", "stable", secured["ca"],
+                          (ALICE, ALICE_PASSWORD)) == image.config_digest
+
+
+def test_token_auth_pushes_for_a_pusher_and_refuses_anonymous(
+        secured, no_stored_credentials, tmp_path):
+    image = _image(91)
+    tarball = tmp_path / "app.tar"
+    _write_docker_save(tarball, image, "app:1")
+    tokens = secured["tokens"]
+
+    anonymous = occystrap("--ca-cert", secured["ca"], "push", "--prefix", "team", str(tarball),
+                          tokens.host)
+    assert_error(anonymous, "team/library/app")
+    _ok("--ca-cert", secured["ca"], "--username", ALICE, "--password", ALICE_PASSWORD,
+        "push", "--prefix", "team", str(tarball), tokens.host)
+    elsewhere = occystrap("--ca-cert", secured["ca"], "--username", ALICE, "--password",
+                          ALICE_PASSWORD, "push", "--prefix", "public", str(tarball),
+                          tokens.host)
+    assert_error(elsewhere, "public/library/app")
