@@ -737,8 +737,10 @@ def _push_line(outcome, host: str) -> str:
             else f"{where}@{outcome.digest}")
     what = "index" if target.index else "manifest"
     platforms = ", ".join(sorted({str(p) for p in outcome.platforms}))
+    sent = (f" ({human_size(outcome.bytes_uploaded)})"
+            if outcome.uploaded else "")
     blobs = [f"{outcome.uploaded} {_plural(outcome.uploaded, 'blob')} "
-             f"uploaded ({human_size(outcome.bytes_uploaded)})"]
+             f"uploaded{sent}"]
     if outcome.mounted:
         blobs.append(f"{outcome.mounted} mounted")
     if outcome.present:

@@ -227,12 +227,13 @@ def _has_blob(source: Source, digest: Digest) -> bool:
 
 
 def destination(name: str | None, prefix: str | None,
-                image: SourceImage) -> tuple[str, str | None]:
+                image: SourceImage | None) -> tuple[str, str | None]:
     """Where a name puts an image in the registry: (repository, tag)."""
     if name is None:
         if prefix is None:
+            what = image.label if image else "an image"
             raise InvalidReference(
-                f"{image.label} has no name, so it has no repository to go "
+                f"{what} has no name, so it has no repository to go "
                 "to; give --prefix REPOSITORY to push it there by digest, "
                 "or choose named images with --image")
         return prefix, None

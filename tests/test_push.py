@@ -227,16 +227,56 @@ def test_prefix_and_image_choose_what_goes_where(registry, repo, far, tmp_path):
     assert_error(bad, "invalid --prefix 'Mirror'")
 
 
+@pytest.mark.parametrize("name,prefix,repository,tag", [
+    ("127.0.0.1:5555/shared/app:stable", None, "shared/app", "stable"),
+    ("busybox:latest", None, "library/busybox", "latest"),
+    ("docker.io/library/busybox:1.36", None, "library/busybox", "1.36"),
+    ("quay.io/org/app:1.0", "mirror", "mirror/org/app", "1.0"),
+    ("busybox:latest", "mirror/team", "mirror/team/library/busybox", "latest"),
+    (f"localhost:5000/app@sha256:{'a' * 64}", None, "app", None),
+    ("host:5000/app:1.0@sha256:" + "b" * 64, None, "app", "1.0"),
+    (None, "untagged", "untagged", None),
+])
+def test_where_a_name_goes(name, prefix, repository, tag):
+    from occystrap.pusher import destination
+    assert destination(name, prefix, None) == (repository, tag)
+
+
+def test_a_nameless_image_needs_a_prefix():
+    from occystrap.errors import InvalidReference
+    from occystrap.inputs.offline import SourceImage
+    from occystrap.pusher import destination
+    from occystrap.digest import Digest
+    image = SourceImage((), None, Digest("sha256", "c" * 64), "c.json", None, None, ())
+    with pytest.raises(InvalidReference, match="--prefix"):
+        destination(None, None, image)
+
+
 def test_a_hub_name_goes_under_library(far, tmp_path):
     # A docker-save tarball names its image as docker does: busybox:latest.
     image = _image(50)
     tarball = tmp_path / "busybox.tar"
     _write_docker_save(tarball, image, "busybox:latest")
 
-    result = _ok("push", str(tarball), far.host)
+    result = _ok("--progress", "push", str(tarball), far.host)
 
     assert _config_digest(far, "library/busybox", "latest") == image.config_digest
     assert f"{far.host}/library/busybox:latest" in result.output
+    assert "2/2 layers" in result.stderr  # the progress display's last line
+
+
+def test_an_image_without_a_name_goes_by_digest_under_the_prefix(far, tmp_path):
+    image = _image(55)
+    tarball = tmp_path / "untagged.tar"
+    _write_docker_save(tarball, image, None)
+
+    assert_error(occystrap("push", str(tarball), far.host), "has no name", "--prefix")
+    result = _ok("push", "--prefix", "loose", str(tarball), far.host)
+
+    (line,) = result.stderr.strip().splitlines()
+    assert "by digest only" in line
+    digest = line.split(f"{far.host}/loose@")[1].split()[0]
+    assert _config_digest(far, "loose", digest) == image.config_digest
 
 
 def test_a_docker_save_tarball_pushes_with_its_image_id(registry, repo, far, docker, tmp_path):
@@ -306,7 +346,7 @@ def test_an_unreachable_registry_is_one_line(tmp_path):
     assert_error(result, "127.0.0.1:9")
 
 
-def _write_docker_save(path: Path, image: ib.Image, repo_tag: str) -> None:
+def _write_docker_save(path: Path, image: ib.Image, repo_tag: str | None) -> None:
     """A docker-save tarball as docker before 25 writes it."""
     import io
     import tarfile
@@ -318,7 +358,8 @@ def _write_docker_save(path: Path, image: ib.Image, repo_tag: str) -> None:
         members[name] = layer.tar
         layers.append(name)
     members["manifest.json"] = json.dumps(
-        [{"Config": config_name, "RepoTags": [repo_tag], "Layers": layers}]).encode()
+        [{"Config": config_name, "RepoTags": [repo_tag] if repo_tag else [],
+          "Layers": layers}]).encode()
     with tarfile.open(path, "w") as archive:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
