@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -337,6 +338,21 @@ def test_a_cut_upload_resumes_or_starts_again_from_the_source(
         blob = requests.get(f"{far.url}/v2/{repo}/blobs/{layer['digest']}", timeout=10)
         assert ib.sha256(blob.content) == layer["digest"]
         assert len(blob.content) == layer["size"]
+
+
+@pytest.mark.parametrize("status,phrases", [
+    (405, ["read-only or a pull-through cache"]),
+    (413, ["too large", "--chunk-size"]),
+    (507, ["out of space or over quota"]),
+])
+def test_a_refused_upload_is_one_line_naming_the_repository(far, tmp_path, status, phrases):
+    tarball = tmp_path / "busybox.tar"
+    _write_docker_save(tarball, _image(75), "busybox:latest")
+    with FaultProxy(far.url) as proxy:
+        proxy.add(Status(r"/blobs/uploads/", status, methods=("POST",)))
+        result = occystrap("push", str(tarball), proxy.host)
+    assert_error(result, "library/busybox", *phrases)
+    assert list(Path(tempfile.gettempdir()).glob("occystrap-push-*")) == []
 
 
 def test_an_unreachable_registry_is_one_line(tmp_path):
