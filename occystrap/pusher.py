@@ -22,7 +22,7 @@ from occystrap.image import Flow
 from occystrap.inputs.offline import SourceImage
 from occystrap.inputs.offline_image import SourceInput
 from occystrap.manifest import Platform, artifact_blobs
-from occystrap.outputs.push import MOUNTED, UPLOADED, PushWriter
+from occystrap.outputs.push import BlobCounts, PushWriter
 from occystrap.reference import ImageReference, Registry, parse_repository
 from occystrap.sources import Source
 
@@ -110,7 +110,7 @@ def _push_one(source: Source, writer: PushWriter, target: Target,
     started = time.monotonic()
     before = len(writer.pushed)
     whole = target.index is not None
-    extra = _Extra()
+    extra = BlobCounts()
     for image in target.images:
         found = SourceInput(source, image)
         writer.aim(target.repository, None if whole else target.tag,
@@ -139,31 +139,16 @@ def _push_one(source: Source, writer: PushWriter, target: Target,
         seconds=time.monotonic() - started)
 
 
-class _Extra:
-    """Blobs pushed for what rides along with an index."""
-
-    uploaded = mounted = present = bytes = 0
-
-    def add(self, how: str, size: int) -> None:
-        if how == UPLOADED:
-            self.uploaded += 1
-            self.bytes += size
-        elif how == MOUNTED:
-            self.mounted += 1
-        else:
-            self.present += 1
-
-
 def _push_attached(source: Source, writer: PushWriter, repository: str,
-                   digest: Digest, media_type: str, extra: _Extra) -> None:
+                   digest: Digest, media_type: str,
+                   counts: BlobCounts) -> None:
     """An index entry that is no image (an attestation): its blobs, then
     its manifest, as they are."""
     data = source.blob(digest)
     for blob in artifact_blobs(data, f"{source.path}: entry {digest}"):
-        how = writer.put_blob(repository, blob,
-                              functools.partial(_blob_from, source,
-                                                blob.digest))
-        extra.add(how, blob.size)
+        writer.put_blob(repository, blob,
+                        functools.partial(_blob_from, source, blob.digest),
+                        counts)
     writer.put_manifest(repository, str(digest), data, media_type)
 
 

@@ -65,7 +65,7 @@ class Pushed:
     bytes_uploaded: int = 0
 
 
-class _Counts:
+class BlobCounts:
     """Blobs uploaded, mounted or already there, for one image."""
 
     def __init__(self) -> None:
@@ -109,7 +109,7 @@ class PushWriter:
         self._repository: str | None = None
         self._tag: str | None = None
         self._reopen: Reopen | None = None
-        self._counts = _Counts()
+        self._counts = BlobCounts()
         self.pushed: list[Pushed] = []
 
     # -- the destination -----------------------------------------------------
@@ -157,7 +157,7 @@ class PushWriter:
             raise OutputError(
                 f"{image.source or image.repository}: the source keeps no "
                 "original manifest, so it cannot be pushed byte for byte")
-        self._counts = _Counts()
+        self._counts = BlobCounts()
 
     def plan(self, layers: list[tuple[Layer, int | None]]) -> None:
         pass
@@ -211,7 +211,7 @@ class PushWriter:
 
     def put_blob(self, repository: str, descriptor: Descriptor,
                  reopen: Callable[[int], Iterable[bytes]],
-                 counts: _Counts | None = None) -> str:
+                 counts: BlobCounts | None = None) -> str:
         """Make the repository hold the blob: present, mounted or uploaded."""
         how = self._find(repository, descriptor.digest)
         if how is None:
