@@ -6,7 +6,8 @@ compressible content) and a 2 GiB single-layer image, then runs each tool
 alternately (A B A B ...) and prints median wall time, the ratio, and peak
 RSS. Every output is loaded with podman afterwards, so speed can never come
 from skipping work. `verify` of a bundle is timed against `sha256sum -c`
-over its blobs.
+over its blobs, and `push` of the bundle into an empty registry against
+`skopeo copy oci:… docker://…`.
 
     python benchmarks/bench.py [--runs 3] [--keep DIR]
 """
@@ -223,6 +224,7 @@ def run_cases(registry, occystrap, work: Path, options) -> None:
                         "| sha256sum -c --quiet"],
     }, options.runs)
     summary.append(("verify bundle", result))
+    push_bundle(bundle, occystrap, work, options, summary)
     shutil.rmtree(bundle)
 
     repo = "bench/rootfs"
@@ -269,6 +271,29 @@ def run_cases(registry, occystrap, work: Path, options) -> None:
     for title, result in summary:
         print(f"  {title:<22} ratio {result['ratio']:.2f}  occystrap peak RSS "
               f"{result['peak'] / MIB:.1f} MiB")
+
+
+def push_bundle(bundle: Path, occystrap: list[str], work: Path, options,
+                summary: list) -> None:
+    """push of the bundle into an empty registry, against skopeo copy oci:.
+
+    Both send the blobs as they are; the registry's storage is emptied
+    before every run, so neither skips a blob the other left there.
+    """
+    with start_registry(work / "far") as far:
+        def emptied(command: list[str]) -> list[str]:
+            shutil.rmtree(far.storage / "docker", ignore_errors=True)
+            return command
+
+        result = compare("push bundle 8x128mib into an empty registry", {
+            "occystrap push": lambda: emptied([
+                *occystrap, "push", str(bundle), far.host]),
+            "skopeo copy oci: docker://": lambda: emptied([
+                "skopeo", "--insecure-policy", "copy", "--quiet",
+                "--dest-tls-verify=false", f"oci:{bundle}:v1",
+                f"docker://{far.host}/bench/8x128mib:v1"]),
+        }, options.runs)
+        summary.append(("push bundle", result))
 
 
 def expand_supported(occystrap: list[str]) -> bool:
