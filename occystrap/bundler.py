@@ -77,7 +77,8 @@ def _fetch_one(reference: ImageReference, writer: BundleWriter,
                client: RegistryClient, request: Request,
                report: progress.Callback) -> Outcome:
     held = _held(writer, reference)
-    if held is not None and _unchanged(held, reference, client) \
+    if held is not None and _answers(held, request) \
+            and _unchanged(held, reference, client) \
             and _complete(writer.path, held):
         LOG.info("%s is already in the bundle as %s", reference,
                  held.descriptor.digest)
@@ -129,6 +130,19 @@ def _held(writer: BundleWriter, reference: ImageReference
           ) -> layout.Entry | None:
     return next((e for e in writer.entries()
                  if e.name == reference.full_name), None)
+
+
+def _answers(held: layout.Entry, request: Request) -> bool:
+    """Does what the bundle holds under the name answer this request?
+
+    An entry that is one platform taken from an index is not enough for
+    --all-platforms, and is the wrong image for another --platform; a
+    whole index holds every platform.
+    """
+    if held.source is None or held.descriptor.digest == held.source:
+        return True
+    return not request.all_platforms \
+        and request.platform.matches(held.descriptor.platform)
 
 
 def _unchanged(held: layout.Entry, reference: ImageReference,

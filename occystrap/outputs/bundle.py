@@ -8,11 +8,14 @@ index.json and manifest.json change together, under the bundle's lock,
 only after every blob of an image is in place.
 """
 
+import contextlib
 import dataclasses
 import fcntl
 import logging
 import os
 import shutil
+import stat
+import tempfile
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -28,6 +31,8 @@ from occystrap.manifest import (
 
 LOG = logging.getLogger(__name__)
 _READ_CHUNK = 1 << 20
+# Times open() makes the directory again after another run removed it.
+_CLAIM_ATTEMPTS = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +54,7 @@ class BundleWriter:
         self._platform = platform
         self._all_platforms = all_platforms
         self._created = False
+        self._in_use: int | None = None
         self._verified: set[Digest] = set()
         # Blobs this run holds the lock of, by digest: (descriptor, file).
         self._claims: dict[Digest, int] = {}
@@ -62,46 +68,103 @@ class BundleWriter:
     # -- the destination -----------------------------------------------------
 
     def open(self) -> None:
+        with output_errors(self.path):
+            # A run that made the directory and found nothing to keep may
+            # remove it while we start: then we make it again.
+            for attempt in range(_CLAIM_ATTEMPTS):
+                try:
+                    return self._claim()
+                except FileNotFoundError:
+                    if attempt == _CLAIM_ATTEMPTS - 1:
+                        raise
+
+    def _claim(self) -> None:
         path = self.path
-        with output_errors(path):
-            if path.exists() and not path.is_dir():
-                raise OutputError(f"{path} exists and is not a directory")
-            if not path.parent.is_dir():
-                raise OutputError(f"cannot write {path}: directory "
-                                  f"{path.parent} does not exist")
-            try:
-                path.mkdir()
-                self._created = True
-            except FileExistsError:
-                if any(path.iterdir()) \
-                        and not (path / layout.OCI_LAYOUT).is_file():
-                    raise OutputError(
-                        f"{path} is not empty and is not a bundle; choose a "
-                        "new or empty directory") from None
+        # One look (not exists() then is_dir()): another run may be
+        # making or removing it meanwhile.
+        try:
+            is_other = not stat.S_ISDIR(os.stat(path).st_mode)
+        except FileNotFoundError:
+            is_other = False
+        if is_other:
+            raise OutputError(f"{path} exists and is not a directory")
+        if not path.parent.is_dir():
+            raise OutputError(f"cannot write {path}: directory "
+                              f"{path.parent} does not exist")
+        try:
+            path.mkdir()
+            self._created = True
+        except FileExistsError:
+            # Someone else's files: refuse before leaving a lock in them.
+            # A directory holding our lock is a bundle, perhaps being made
+            # by another run this very moment.
+            names = {p.name for p in path.iterdir()}
+            if names and not names & {layout.OCI_LAYOUT, layout.LOCK}:
+                raise _not_a_bundle(path) from None
+        with _locked_as_named(path / layout.LOCK):
+            # Under the lock, a run that made the bundle has finished.
+            if not (path / layout.OCI_LAYOUT).is_file():
+                if any(p.name != layout.LOCK for p in path.iterdir()):
+                    raise _not_a_bundle(path)
+                write_atomic(path / layout.OCI_LAYOUT, layout.layout_json())
             (path / layout.BLOBS / "sha256").mkdir(parents=True,
                                                    exist_ok=True)
-            if not (path / layout.OCI_LAYOUT).exists():
-                write_atomic(path / layout.OCI_LAYOUT, layout.layout_json())
-            with locked(path / layout.LOCK):
-                if not (path / layout.INDEX).exists():
-                    self._write_entries([])
+            if not (path / layout.INDEX).exists():
+                self._write_entries([])
+            # Held shared while this run uses the bundle, so that no other
+            # run removes it as unused meanwhile (see _discard_unused).
+            self._in_use = os.open(path, os.O_RDONLY | os.O_DIRECTORY
+                                   | os.O_CLOEXEC)
+            fcntl.flock(self._in_use, fcntl.LOCK_SH)
 
     def close(self) -> None:
         self._release_all()
+        # Every image failed (--keep-going): a new bundle with nothing in
+        # it is no output.
+        self._finish()
 
     def abort(self) -> None:
         self._release_all()
-        if self._created and not self.committed \
-                and not self._has_partial_bytes():
-            # Nothing worth keeping for a resume: leave no trace.
-            shutil.rmtree(self.path, ignore_errors=True)
+        self._finish()
 
-    def _has_partial_bytes(self) -> bool:
-        blobs = self.path / layout.BLOBS / "sha256"
+    def _finish(self) -> None:
+        """Let go of the bundle; remove the directory if this run made it
+        and nothing in it is worth keeping."""
+        if self._in_use is not None:
+            os.close(self._in_use)
+            self._in_use = None
+        if self._created and not self.committed:
+            self._discard_unused()
+        self._created = False
+
+    def _discard_unused(self) -> None:
+        """Remove the bundle if it holds no image, no blob and no partial,
+        and no other run is using it."""
+        path = self.path
         try:
-            return any(p.stat().st_size for p in blobs.iterdir())
-        except OSError:
-            return False
+            with _locked_as_named(path / layout.LOCK):
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY
+                             | os.O_CLOEXEC)
+                try:
+                    # Fails while another run holds it shared (see _claim).
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    if read_entries(path) or any(
+                            (path / layout.BLOBS / "sha256").iterdir()):
+                        return
+                    # Moved aside first, so nothing can write into a
+                    # half-removed tree.
+                    aside = Path(tempfile.mkdtemp(
+                        prefix=f".{path.name}.removed-", dir=path.parent))
+                    try:
+                        os.rename(path, aside)
+                    except OSError:
+                        aside.rmdir()
+                        raise
+                finally:
+                    os.close(fd)
+        except (OSError, StoreError):
+            return
+        shutil.rmtree(aside, ignore_errors=True)
 
     # -- images ----------------------------------------------------------------
 
@@ -299,6 +362,22 @@ class BundleWriter:
             pass
         finally:
             os.close(fd)
+
+
+@contextlib.contextmanager
+def _locked_as_named(lock: Path) -> Iterator[None]:
+    """The bundle's lock, as fsutil.locked(); FileNotFoundError if the
+    bundle was moved away while we waited (see _discard_unused)."""
+    with open(lock, "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        if os.stat(lock).st_ino != os.fstat(f.fileno()).st_ino:
+            raise FileNotFoundError(lock)
+        yield
+
+
+def _not_a_bundle(path: Path) -> OutputError:
+    return OutputError(f"{path} is not empty and is not a bundle; choose a "
+                       "new or empty directory")
 
 
 def _lock_partial(partial: Path, digest: Digest, root: Path) -> int:
