@@ -23,13 +23,16 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 import conftest
+import faultproxy
 import imagebuild as ib
 from conftest import assert_error, assert_verbose_error, occystrap
 from faultproxy import (
     Cut, Drop, FaultProxy, Oversized, Redirect, Rewrite, Stall, Status, Trickle, corrupt,
     extend, ignore_range, replace_body, truncate, wrong_content_range)
+from occystrap.cli import cli
 from occystrap.digest import Digest
 from occystrap.errors import RegistryUnreachable
 from occystrap.manifest import Descriptor
@@ -401,6 +404,24 @@ def test_stalled_blob_resumes(registry, proxy, repo, tmp_path):
     out = output_path(tmp_path)
     saved(fetch(proxy, repo, "v1", out), out, pushed.image)
     assert proxy.requests(blob(pushed.big.digest))[1].headers["range"] == "bytes=50000-"
+
+
+def test_a_blob_that_never_answers_ends_the_run_in_time(
+        registry, proxy, repo, tmp_path, monkeypatch):
+    """Default options: the README promises about two minutes, 90 s without
+    progress. The gzip size hint is one short try inside the layer's budget."""
+    monkeypatch.setattr(faultproxy, "STALL_LIMIT", 300.0)
+    pushed = push(registry, repo)
+    proxy.add(Stall(blob(pushed.big.digest), 300, probes=True))
+    out = output_path(tmp_path)
+    started = time.monotonic()
+    result = CliRunner().invoke(cli, ["fetch-to-tarfile", proxy.url, repo, "v1", str(out)])
+    took = time.monotonic() - started
+    failed(result, "timed out", out)
+    hints = [seen for seen in proxy.requests(blob(pushed.big.digest), probes=True)
+             if seen.probe]
+    assert len(hints) == 1
+    assert took < 110, f"gave up after {took:.0f} s"
 
 
 @pytest.fixture
