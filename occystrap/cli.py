@@ -287,8 +287,9 @@ def _summary(summary: pipeline.Summary, destination: Path) -> str:
                if summary.layers_skipped else "")
     total = (f" of {human_size(sum(sizes))}"
              if len(sizes) == len(image.layers) else "")
-    return (f"Saved {name} ({digest}{image.platform}, {len(image.layers)} "
-            f"layers{skipped}; {human_size(summary.bytes_transferred)}"
+    count = len(image.layers)
+    return (f"Saved {name} ({digest}{image.platform}, {count} "
+            f"{_plural(count, 'layer')}{skipped}; {human_size(summary.bytes_transferred)}"
             f"{total} read in {summary.seconds:.1f}s) to {destination}")
 
 

@@ -635,7 +635,7 @@ def test_diff_ids_not_matching_layers_is_refused(registry, proxy, repo, tmp_path
     registry.push_image(repo, image, "v1")
     out = output_path(tmp_path)
     failed(fetch(proxy, repo, "v1", out),
-           "the manifest lists 1 layers but the config lists 2 diff_ids", out)
+           "the manifest lists 1 layer but the config lists 2 diff_ids", out)
 
 
 def _odd_layer(blob_bytes: bytes, media_type: str, content: bytes | None = None) -> ib.Layer:
