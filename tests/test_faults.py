@@ -424,6 +424,21 @@ def test_a_blob_that_never_answers_ends_the_run_in_time(
     assert took < 110, f"gave up after {took:.0f} s"
 
 
+def test_one_unanswered_size_hint_stops_the_others(registry, proxy, repo, tmp_path):
+    """Hints are asked before any download starts: each unanswered one would
+    add its timeout to the run."""
+    layers = [ib.make_layer([ib.file(f"data/{n}", ib.random_bytes(30_000, n))])
+              for n in range(3)]
+    image = ib.make_image(layers)
+    registry.push_image(repo, image, "v1")
+    for layer in layers:
+        proxy.add(Stall(blob(layer.digest), 10, probes=True, times=1))
+    out = output_path(tmp_path)
+    saved(fetch(proxy, repo, "v1", out, "--parallel", "1"), out, image)
+    hints = [seen for seen in proxy.requests("/blobs/", probes=True) if seen.probe]
+    assert len(hints) == 1
+
+
 @pytest.fixture
 def unaccepting_port():
     """A port whose listen queue is full: connections to it never complete."""

@@ -35,6 +35,9 @@ class RegistryInput:
         # Blobs whose size hint went unanswered, and since when: their
         # download gets what is left of the no-progress budget, no more.
         self._silent_since: dict[Digest, float] = {}
+        # After one unanswered hint, ask for no more: each would cost its
+        # timeout again before any download starts.
+        self._hints_failed = False
 
     @property
     def reference(self) -> ImageReference:
@@ -116,6 +119,8 @@ class RegistryInput:
         if descriptor.media_type not in GZIP_LAYER_TYPES \
                 or descriptor.size < 20:
             return None
+        if self._hints_failed:
+            return None
         asked = time.monotonic()
         try:
             tail = self._client.blob_range(self._reference.repository,
@@ -123,5 +128,6 @@ class RegistryInput:
         except OccystrapError as e:
             LOG.debug("no size hint for %s: %s", descriptor.digest, e)
             self._silent_since[descriptor.digest] = asked
+            self._hints_failed = True
             return None
         return int.from_bytes(tail, "little") if tail else None
