@@ -355,11 +355,13 @@ def fetch_to_extracted(settings: Settings, use_unique_names, expand,
     _fetch(settings, reference,
            DirectoryWriter(directory, shared=use_unique_names, expand=expand),
            directory)
-    if (expand or use_unique_names) and not settings.quiet:
+    if expand and not settings.quiet:
+        # The expanded trees hold symlinks that containerd's importer
+        # refuses in a tar; the help says the same for shared directories.
         click.echo(
-            f"A tar of {directory} will not load ({'expanded' if expand else 'shared'} "
-            f"directory); make a loadable tarball with: occystrap "
-            f"recreate-image {directory} {image} {tag} IMAGE.tar", err=True)
+            f"A tar of {directory} will not load (expanded directory); make "
+            f"a loadable tarball with: occystrap recreate-image {directory} "
+            f"{image} {tag} IMAGE.tar", err=True)
 
 
 @cli.command("recreate-image")
