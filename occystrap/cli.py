@@ -263,7 +263,7 @@ def _client(settings: Settings, reference: ImageReference):
 
 
 def _run(settings: Settings, source, writer: ImageWriter,
-         destination: Path) -> None:
+         destination: Path) -> pipeline.Summary:
     """Run the pipeline with progress drawn and a summary said, as asked."""
     display = ProgressDisplay(sys.stderr) if settings.progress else None
     try:
@@ -275,6 +275,7 @@ def _run(settings: Settings, source, writer: ImageWriter,
             display.close()
     if not settings.quiet:
         click.echo(_summary(summary, destination), err=True)
+    return summary
 
 
 def _summary(summary: pipeline.Summary, destination: Path) -> str:
@@ -287,8 +288,9 @@ def _summary(summary: pipeline.Summary, destination: Path) -> str:
                if summary.layers_skipped else "")
     total = (f" of {human_size(sum(sizes))}"
              if len(sizes) == len(image.layers) else "")
-    return (f"Saved {name} ({digest}{image.platform}, {len(image.layers)} "
-            f"layers{skipped}; {human_size(summary.bytes_transferred)}"
+    count = len(image.layers)
+    return (f"Saved {name} ({digest}{image.platform}, {count} "
+            f"{_plural(count, 'layer')}{skipped}; {human_size(summary.bytes_transferred)}"
             f"{total} read in {summary.seconds:.1f}s) to {destination}")
 
 
@@ -301,7 +303,9 @@ def _summary(summary: pipeline.Summary, destination: Path) -> str:
 def fetch_to_tarfile(settings: Settings, registry, image, tag, tarfile):
     """Download an image into a tarball that `docker load` accepts.
 
-    TAG may be a tag or a digest (sha256:...).
+    TAG may be a tag, a digest (sha256:...), or both (1.36@sha256:...:
+    named by the tag, verified by the digest). An image fetched by digest
+    alone loads in docker untagged; containerd names it REPO@sha256:....
 
     \b
     Example:
@@ -333,7 +337,10 @@ def fetch_to_extracted(settings: Settings, use_unique_names, expand,
     DIR then holds what the tarball would (manifest.json, the config, one
     directory per layer); `cd DIR; tar -cf ../image.tar *` makes a tarball
     `docker load` accepts. With --use-unique-names, many images share DIR
-    and layers already there are not downloaded again.
+    and layers already there are not downloaded again. A tar of a shared
+    (--use-unique-names) or --expand directory does not load: make the
+    tarball with `occystrap recreate-image DIR IMAGE TAG image.tar`.
+    TAG is as for fetch-to-tarfile.
 
     \b
     Examples:
@@ -348,6 +355,13 @@ def fetch_to_extracted(settings: Settings, use_unique_names, expand,
     _fetch(settings, reference,
            DirectoryWriter(directory, shared=use_unique_names, expand=expand),
            directory)
+    if expand and not settings.quiet:
+        # The expanded trees hold symlinks that containerd's importer
+        # refuses in a tar; the help says the same for shared directories.
+        click.echo(
+            f"A tar of {directory} will not load (expanded directory); make "
+            f"a loadable tarball with: occystrap recreate-image {directory} "
+            f"{image} {tag} IMAGE.tar", err=True)
 
 
 @cli.command("recreate-image")
@@ -491,9 +505,16 @@ def _fetch(settings: Settings, reference: ImageReference,
     try:
         source = RegistryInput(client, reference, settings.platform,
                                settings.platform_required)
-        _run(settings, source, writer, destination)
+        summary = _run(settings, source, writer, destination)
     finally:
         client.close()
+    image = summary.image
+    if image.repo_tag is None and not settings.quiet:
+        click.echo(
+            "Note: fetched by digest alone, so docker load leaves it "
+            "untagged; name it with `docker tag "
+            f"{image.config_digest.hex[:12]} {reference.short_name}:TAG`, "
+            f"or fetch it as TAG@{reference.digest} to carry a tag", err=True)
 
 
 @cli.command("verify")

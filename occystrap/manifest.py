@@ -257,7 +257,8 @@ def check_layers(manifest: ImageManifest, config: ImageConfig,
     """A manifest and its config must describe the same layers."""
     if len(config.diff_ids) != len(manifest.layers):
         raise ManifestError(
-            f"{what}: the manifest lists {len(manifest.layers)} layers but "
+            f"{what}: the manifest lists {len(manifest.layers)} "
+            f"{'layer' if len(manifest.layers) == 1 else 'layers'} but "
             f"the config lists {len(config.diff_ids)} diff_ids")
 
 

@@ -87,15 +87,20 @@ class ImageReference:
 
     @classmethod
     def parse(cls, registry: str, image: str, tag: str) -> "ImageReference":
+        """REGISTRY, IMAGE and TAG as the commands take them. TAG is a tag,
+        a digest, or TAG@DIGEST: named by the tag, pinned by the digest."""
         reg = Registry.parse(registry)
         repository = parse_repository(image, reg)
-        if ":" in tag:
+        name, at, pinned = tag.partition("@")
+        if not at and ":" in tag:
             return cls(reg, repository, digest=Digest.parse(tag))
-        if not _TAG_RE.match(tag):
+        if not _TAG_RE.match(name):
             raise InvalidReference(
-                f"invalid tag {tag!r}: tags are up to 128 letters, digits, "
-                "'_', '.' or '-', not starting with '.' or '-'")
-        return cls(reg, repository, tag=tag)
+                f"invalid tag {name!r}: tags are up to 128 letters, digits, "
+                "'_', '.' or '-', not starting with '.' or '-'"
+                + (", then optionally @DIGEST" if at else ""))
+        return cls(reg, repository, tag=name,
+                   digest=Digest.parse(pinned) if at else None)
 
     @classmethod
     def parse_name(cls, text: str) -> "ImageReference":

@@ -25,6 +25,9 @@ from occystrap.transport import (
 
 LOG = logging.getLogger(__name__)
 
+# Seconds a size hint may wait for an answer: it only saves time.
+HINT_TIMEOUT = 5.0
+
 
 @dataclasses.dataclass(frozen=True)
 class FetchedManifest:
@@ -56,10 +59,12 @@ class RegistryClient:
 
     def _request(self, method: str, path: str, repository: str,
                  headers: dict | None = None, stream: bool = False,
-                 deadline: float | None = None) -> requests.Response:
+                 deadline: float | None = None,
+                 timeout: tuple[float, float] | None = None
+                 ) -> requests.Response:
         return self.transport.request(
             method, path, scope(repository), repository, headers=headers,
-            stream=stream, deadline=deadline)
+            stream=stream, deadline=deadline, timeout=timeout)
 
     def _pause(self, attempt: int, retry_after: float | None, why: str,
                deadline: float | None = None) -> None:
@@ -179,21 +184,27 @@ class RegistryClient:
                    start: int, length: int) -> bytes | None:
         """A few bytes from inside a blob, or None if the server won't say.
 
-        Only for hints (a gzip trailer's size); nothing relies on them.
+        Only for hints (a gzip trailer's size); nothing relies on them, so
+        this is one short try: no retries, a short timeout. Raises
+        RegistryUnreachable when the registry did not answer in time.
         """
+        short = min(self.options.connect_timeout, HINT_TIMEOUT)
         response = self._request(
             "GET", f"{repository}/blobs/{descriptor.digest}", repository,
             headers={"Range": f"bytes={start}-{start + length - 1}",
-                     "Accept-Encoding": "identity"}, stream=True)
+                     "Accept-Encoding": "identity"}, stream=True,
+            # A deadline already reached: the first try is the only one.
+            deadline=time.monotonic(),
+            timeout=(short, min(self.options.read_timeout, HINT_TIMEOUT)))
         with response:
             if response.status_code != 206:
                 return None
             try:
                 data = response.raw.read(length + 1)
             except BODY_ERRORS as e:
-                LOG.debug("range probe of %s failed: %s", descriptor.digest,
-                          reason(e))
-                return None
+                raise RegistryUnreachable(
+                    f"range probe of {descriptor.digest.short()} failed: "
+                    f"{reason(e)}") from None
         return data if len(data) == length else None
 
     def fetch_blob(self, repository: str, descriptor: Descriptor,
@@ -206,11 +217,14 @@ class RegistryClient:
         return b"".join(self.blob_chunks(repository, descriptor))
 
     def blob_chunks(self, repository: str, descriptor: Descriptor,
-                    have: Hasher | None = None) -> Iterator[bytes]:
+                    have: Hasher | None = None,
+                    silent_since: float | None = None) -> Iterator[bytes]:
         """Stream a blob, resuming after breaks, verifying size and digest.
 
         `have` holds the blob's first bytes, already hashed (a partial
         download kept on disk): only the rest is requested and yielded.
+        `silent_since` (monotonic) is when an earlier request for this blob
+        (a size hint) went unanswered: the no-progress budget started then.
         The final digest check happens before the iterator finishes, so a
         consumer that commits only after exhausting it never commits bad data.
         """
@@ -230,7 +244,8 @@ class RegistryClient:
         path = f"{repository}/blobs/{descriptor.digest}"
         what = f"blob {descriptor.digest.short()} of {repository}"
         # Moves on with every byte: only time without progress counts.
-        deadline = time.monotonic() + self.options.give_up_after
+        deadline = (time.monotonic() if silent_since is None
+                    else silent_since) + self.options.give_up_after
         while True:
             offset = hasher.size
             headers = {"Accept-Encoding": "identity"}

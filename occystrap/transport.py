@@ -86,7 +86,9 @@ class Transport:
     def _send(self, method: str, url: str, *, headers: dict | None = None,
               params: dict | None = None, data: dict | None = None,
               body: Body = None, stream: bool = False,
-              deadline: float | None = None) -> requests.Response:
+              deadline: float | None = None,
+              timeout: tuple[float, float] | None = None
+              ) -> requests.Response:
         """One logical request: retries transient failures, follows redirects.
 
         Redirects are followed here, not by requests, so that credentials
@@ -105,7 +107,7 @@ class Transport:
             try:
                 response = self._follow(method, url, headers, params,
                                         data if body is None else body,
-                                        stream)
+                                        stream, timeout)
             except requests.exceptions.SSLError as e:
                 # The failing host may be a token realm or a blob redirect.
                 where = urllib.parse.urlsplit(url).netloc
@@ -171,9 +173,11 @@ class Transport:
                        deadline)
 
     def _follow(self, method: str, url: str, headers: dict,
-                params: dict | None, data: dict | Body,
-                stream: bool) -> requests.Response:
-        timeout = (self.options.connect_timeout, self.options.read_timeout)
+                params: dict | None, data: dict | Body, stream: bool,
+                timeout: tuple[float, float] | None = None
+                ) -> requests.Response:
+        timeout = timeout or (self.options.connect_timeout,
+                              self.options.read_timeout)
         origin = urllib.parse.urlsplit(url)
         for _ in range(_MAX_REDIRECTS + 1):
             # verify given per request: a session's verify loses to
@@ -275,13 +279,16 @@ class Transport:
     def request(self, method: str, path: str, scope: str, repository: str,
                 action: str = "pull", *, headers: dict | None = None,
                 stream: bool = False, body: Body = None,
-                deadline: float | None = None) -> requests.Response:
+                deadline: float | None = None,
+                timeout: tuple[float, float] | None = None
+                ) -> requests.Response:
         """A request to the API (a path under /v2/, or a full URL the
         registry gave, such as an upload location), answering its
         authentication challenge once.
 
         `scope` is the token scope it needs (see auth.scope); refusals name
         the repository and the action ("pull", "push") that was refused.
+        `timeout` (connect, read) replaces the options' for this request.
         """
         url = path if "://" in path else f"{self.base_url()}/{path}"
         headers = dict(headers or {})
@@ -290,7 +297,8 @@ class Transport:
             if authorization:
                 headers["Authorization"] = authorization
             response = self._send(method, url, headers=headers, stream=stream,
-                                  body=body, deadline=deadline)
+                                  body=body, deadline=deadline,
+                                  timeout=timeout)
             if response.status_code != 401 or answered:
                 break
             response.close()

@@ -8,7 +8,7 @@ import pytest
 import requests
 
 import imagebuild as ib
-from conftest import occystrap
+from conftest import ToolError, occystrap
 
 
 def _image(seed: int, compression: str = "gzip", oci: bool = False, **kwargs) -> ib.Image:
@@ -132,3 +132,106 @@ def test_a_bundle_loads_in_docker_with_every_name(registry, repo, pushed, docker
     with tarfile.open(tar) as archive:
         entries = json.load(archive.extractfile("./manifest.json"))
     assert [] in [entry["RepoTags"] for entry in entries]
+
+
+def test_a_digest_pull_arrives_named_in_containerd(registry, repo, docker, containerd,
+                                                   tmp_path):
+    """containerd makes no image of an untagged docker-save entry: the
+    tarball carries REPO@sha256:… in an OCI index.json for it."""
+    image = _image(9)
+    digest = registry.push_image(repo, image)
+    tar = tmp_path / "pinned.tar"
+    result = _ok("fetch-to-tarfile", registry.host, repo, digest, str(tar))
+    held = containerd.import_(tar)
+    assert list(held) == [f"{registry.host}/{repo}@{digest}"]
+    (note,) = [line for line in result.stderr.splitlines() if line.startswith("Note:")]
+    assert "docker load leaves it untagged" in note
+    assert f"docker tag {image.config_digest.split(':')[1][:12]} {registry.host}/{repo}:TAG" \
+        in note
+    names, ids = docker.load(tar)
+    assert (names, ids) == ([], [image.config_digest])
+    assert docker.inspect(image.config_digest)["RepoTags"] == []
+    # occystrap reads its own output back.
+    _ok("verify", str(tar))
+
+
+@pytest.mark.parametrize("command", ["fetch-to-tarfile", "fetch-to-extracted"])
+def test_tag_at_digest_names_by_tag_and_pins_by_digest(
+        registry, repo, docker, containerd, tmp_path, command):
+    image, newer = _image(10), _image(11)
+    digest = registry.push_image(repo, image, "v1")
+    registry.push_image(repo, newer, "v1")  # the tag moved on; the digest did not
+    out = tmp_path / "out"
+    _ok(command, registry.host, repo, f"v1@{digest}", str(out))
+    tar = out
+    if command == "fetch-to-extracted":
+        tar = tmp_path / "out.tar"
+        subprocess.run(["tar", "-cf", str(tar), "-C", str(out), "."], check=True)
+    name = f"{registry.host}/{repo}:v1"
+    assert docker.load(tar)[0] == [name]
+    assert docker.inspect(name)["Id"] == _id(image)
+    assert name in containerd.import_(tar)
+
+
+def test_containerd_filters_other_platforms_unless_asked(registry, repo, docker, containerd,
+                                                         tmp_path):
+    """What the README's troubleshooting says: docker loads any platform;
+    ctr images import keeps only the native platform by default, and takes
+    others with --platform or --all-platforms (as k3s does)."""
+    arm = _image(12, architecture="arm64", variant="v8")
+    registry.push_image(repo, arm, "arm")
+    tar = tmp_path / "arm.tar"
+    _ok("fetch-to-tarfile", registry.host, repo, "arm", str(tar))
+    name = f"{registry.host}/{repo}:arm"
+    assert docker.load(tar)[0] == [name]
+    assert docker.inspect(name)["Architecture"] == "arm64"
+    with pytest.raises(ToolError, match="image might be filtered out"):
+        containerd.import_(tar)
+    assert name not in containerd.images()
+    assert name in containerd.import_(tar, "--platform", "linux/arm64/v8")
+    containerd.remove_all()
+    assert name in containerd.import_(tar, "--all-platforms")
+
+
+def test_an_expanded_directory_loads_only_through_recreate_image(
+        registry, repo, docker, containerd, tmp_path):
+    image = ib.make_image([
+        ib.make_layer([ib.directory("etc"), ib.file("etc/a", b"a")]),
+        ib.make_layer([ib.symlink("etc/link-to-a", "a")]),
+    ])
+    registry.push_image(repo, image, "v1")
+    expanded = tmp_path / "expanded"
+    result = _ok("fetch-to-extracted", "--expand", registry.host, repo, "v1", str(expanded))
+    hint = f"occystrap recreate-image {expanded} {repo} v1 IMAGE.tar"
+    assert hint in result.stderr
+    tarred = tmp_path / "tarred.tar"
+    subprocess.run(["tar", "-cf", str(tarred), "-C", str(expanded), "."], check=True)
+    with pytest.raises(ToolError, match="no target for symlink"):
+        containerd.import_(tarred)
+    again = tmp_path / "again.tar"
+    _ok("recreate-image", str(expanded), repo, "v1", str(again))
+    name = f"{registry.host}/{repo}:v1"
+    assert name in containerd.import_(again)
+    assert docker.load(again)[0] == [name]
+
+
+def test_a_shared_directory_loads_only_through_recreate_image(
+        registry, repo, docker, tmp_path):
+    registry.push_image(repo, _image(13), "v1")
+    shared = tmp_path / "shared"
+    _ok("fetch-to-extracted", "--use-unique-names", registry.host, repo, "v1", str(shared))
+    tarred = tmp_path / "tarred.tar"
+    subprocess.run(["tar", "-cf", str(tarred), "-C", str(shared), "."], check=True)
+    # No manifest.json: docker 20.10 falls back to the legacy format, and fails.
+    with pytest.raises(ToolError, match="repositories: no such file"):
+        docker.load(tarred)
+    again = tmp_path / "again.tar"
+    _ok("recreate-image", str(shared), repo, "v1", str(again))
+    assert docker.load(again)[0] == [f"{registry.host}/{repo}:v1"]
+
+
+def test_help_names_the_way_out_of_expanded_and_shared_directories():
+    help_text = " ".join(_ok("fetch-to-extracted", "--help").output.split())
+    assert "A tar of a shared (--use-unique-names) or --expand directory does not load" \
+        in help_text
+    assert "occystrap recreate-image DIR IMAGE TAG image.tar" in help_text

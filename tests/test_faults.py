@@ -23,13 +23,16 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 import conftest
+import faultproxy
 import imagebuild as ib
 from conftest import assert_error, assert_verbose_error, occystrap
 from faultproxy import (
     Cut, Drop, FaultProxy, Oversized, Redirect, Rewrite, Stall, Status, Trickle, corrupt,
     extend, ignore_range, replace_body, truncate, wrong_content_range)
+from occystrap.cli import cli
 from occystrap.digest import Digest
 from occystrap.errors import RegistryUnreachable
 from occystrap.manifest import Descriptor
@@ -210,12 +213,16 @@ def test_short_retry_after_as_http_date_is_honoured(registry, proxy, repo, tmp_p
 
 @pytest.mark.parametrize("retry_after, shown", [
     ("3600", "1h00m"),
-    (email.utils.format_datetime(datetime.now(timezone.utc) + timedelta(hours=2),
-                                 usegmt=True), "2h00m"),
+    ("2 hours from now, as an HTTP date", "2h00m"),
     ("600", "10m00s"),
 ])
 def test_long_retry_after_stops_at_once(registry, proxy, repo, tmp_path, sleeps, retry_after,
                                         shown):
+    if not retry_after.isdigit():
+        # Made now, not at collection: a slow suite would make it 1h59m.
+        # Half a minute spare, as an HTTP date drops the fraction of a second.
+        retry_after = email.utils.format_datetime(
+            datetime.now(timezone.utc) + timedelta(hours=2, seconds=30), usegmt=True)
     push(registry, repo)
     proxy.add(Status(r"/manifests/", 429, {"Retry-After": retry_after}))
     out = output_path(tmp_path)
@@ -401,6 +408,39 @@ def test_stalled_blob_resumes(registry, proxy, repo, tmp_path):
     out = output_path(tmp_path)
     saved(fetch(proxy, repo, "v1", out), out, pushed.image)
     assert proxy.requests(blob(pushed.big.digest))[1].headers["range"] == "bytes=50000-"
+
+
+def test_a_blob_that_never_answers_ends_the_run_in_time(
+        registry, proxy, repo, tmp_path, monkeypatch):
+    """Default options: the README promises about two minutes, 90 s without
+    progress. The gzip size hint is one short try inside the layer's budget."""
+    monkeypatch.setattr(faultproxy, "STALL_LIMIT", 300.0)
+    pushed = push(registry, repo)
+    proxy.add(Stall(blob(pushed.big.digest), 300, probes=True))
+    out = output_path(tmp_path)
+    started = time.monotonic()
+    result = CliRunner().invoke(cli, ["fetch-to-tarfile", proxy.url, repo, "v1", str(out)])
+    took = time.monotonic() - started
+    failed(result, "timed out", out)
+    hints = [seen for seen in proxy.requests(blob(pushed.big.digest), probes=True)
+             if seen.probe]
+    assert len(hints) == 1
+    assert took < 110, f"gave up after {took:.0f} s"
+
+
+def test_one_unanswered_size_hint_stops_the_others(registry, proxy, repo, tmp_path):
+    """Hints are asked before any download starts: each unanswered one would
+    add its timeout to the run."""
+    layers = [ib.make_layer([ib.file(f"data/{n}", ib.random_bytes(30_000, n))])
+              for n in range(3)]
+    image = ib.make_image(layers)
+    registry.push_image(repo, image, "v1")
+    for layer in layers:
+        proxy.add(Stall(blob(layer.digest), 10, probes=True, times=1))
+    out = output_path(tmp_path)
+    saved(fetch(proxy, repo, "v1", out, "--parallel", "1"), out, image)
+    hints = [seen for seen in proxy.requests("/blobs/", probes=True) if seen.probe]
+    assert len(hints) == 1
 
 
 @pytest.fixture
@@ -614,7 +654,7 @@ def test_diff_ids_not_matching_layers_is_refused(registry, proxy, repo, tmp_path
     registry.push_image(repo, image, "v1")
     out = output_path(tmp_path)
     failed(fetch(proxy, repo, "v1", out),
-           "the manifest lists 1 layers but the config lists 2 diff_ids", out)
+           "the manifest lists 1 layer but the config lists 2 diff_ids", out)
 
 
 def _odd_layer(blob_bytes: bytes, media_type: str, content: bytes | None = None) -> ib.Layer:

@@ -80,6 +80,16 @@ def test_single_layer_and_repeated_layer(registry, repo, podman, tmp_path):
     assert len(names) == len(set(names)), "a member was written twice"
 
 
+def test_summary_counts_in_words(registry, repo, tmp_path):
+    one = ib.make_image([ib.make_layer([ib.file("hello", b"world")])])
+    registry.push_image(repo, one, "one")
+    result = _fetch(registry, repo, "one", tmp_path / "one.tar")
+    assert ", 1 layer; " in result.stderr
+    registry.push_image(repo, _two_layer_image(), "two")
+    result = _fetch(registry, repo, "two", tmp_path / "two.tar")
+    assert ", 2 layers; " in result.stderr
+
+
 @pytest.mark.parametrize("oci, attestations", [(False, False), (True, True)])
 def test_every_platform_of_an_index(registry, repo, podman, tmp_path, oci,
                                     attestations):

@@ -34,6 +34,9 @@ HEX = "a" * 64
          None),
         ("[::1]:5000", "app", "v1", "[::1]:5000", None, "app", "v1",
          "[::1]:5000/app:v1"),
+        # Named by the tag, fetched and verified by the digest.
+        ("localhost:5000", "app", f"v1@sha256:{HEX}", "localhost:5000", None,
+         "app", f"sha256:{HEX}", "localhost:5000/app:v1"),
     ])
 def test_parse(registry, image, tag, host, scheme, repository, reference,
                repo_tag):
@@ -56,6 +59,10 @@ def test_parse(registry, image, tag, host, scheme, repository, reference,
     ("registry-1.docker.io", "busybox", "md5:" + "a" * 32, "unsupported"),
     ("registry-1.docker.io", "busybox", "sha256:" + "G" * 64,
      "invalid digest"),
+    ("registry-1.docker.io", "busybox", f"@sha256:{HEX}", "invalid tag"),
+    ("registry-1.docker.io", "busybox", "v1@", "64 hex digits"),
+    ("registry-1.docker.io", "busybox", "v1@sha256:abc", "64 hex digits"),
+    ("registry-1.docker.io", "busybox", f"v1@sha256:{HEX}@x", "invalid digest"),
     ("not a host", "busybox", "latest", "invalid registry"),
     ("ftp://x", "busybox", "latest", "invalid registry"),
     ("", "busybox", "latest", "invalid registry"),

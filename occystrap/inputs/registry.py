@@ -1,9 +1,10 @@
 """An image source that pulls from a registry."""
 
 import logging
+import time
 from typing import Iterator
 
-from occystrap.digest import Hasher
+from occystrap.digest import Digest, Hasher
 from occystrap.errors import ManifestError, OccystrapError
 from occystrap.image import Image, Layer
 from occystrap.manifest import (
@@ -31,6 +32,12 @@ class RegistryInput:
         # index entry to take from it instead of choosing by platform.
         self._top = top
         self._entry = entry
+        # Blobs whose size hint went unanswered, and since when: their
+        # download gets what is left of the no-progress budget, no more.
+        self._silent_since: dict[Digest, float] = {}
+        # After one unanswered hint, ask for no more: each would cost its
+        # timeout again before any download starts.
+        self._hints_failed = False
 
     @property
     def reference(self) -> ImageReference:
@@ -89,8 +96,9 @@ class RegistryInput:
     def layer_chunks(self, layer: Layer,
                      have: Hasher | None = None) -> Iterator[bytes]:
         assert layer.descriptor is not None
-        return self._client.blob_chunks(self._reference.repository,
-                                        layer.descriptor, have)
+        return self._client.blob_chunks(
+            self._reference.repository, layer.descriptor, have,
+            self._silent_since.pop(layer.descriptor.digest, None))
 
     def describe(self, layer: Layer) -> str:
         digest = layer.descriptor.digest if layer.descriptor else layer.diff_id
@@ -111,10 +119,15 @@ class RegistryInput:
         if descriptor.media_type not in GZIP_LAYER_TYPES \
                 or descriptor.size < 20:
             return None
+        if self._hints_failed:
+            return None
+        asked = time.monotonic()
         try:
             tail = self._client.blob_range(self._reference.repository,
                                            descriptor, descriptor.size - 4, 4)
         except OccystrapError as e:
             LOG.debug("no size hint for %s: %s", descriptor.digest, e)
+            self._silent_since[descriptor.digest] = asked
+            self._hints_failed = True
             return None
         return int.from_bytes(tail, "little") if tail else None

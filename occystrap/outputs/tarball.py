@@ -6,10 +6,18 @@ their regions in parallel. Layers of unknown size are appended at the end,
 one at a time and in manifest order, so the output stays deterministic.
 A wrong prediction costs a little speed, never correctness: the region
 becomes an unused filler member and the layer moves to the end.
+
+An image pulled by digest alone has no tag for manifest.json, and
+containerd's importer makes no image at all of an entry without one. Such
+a tarball takes the shape Docker 25+ gives `docker save`: layers and the
+config under `blobs/sha256/`, an OCI manifest of the uncompressed layers,
+and an `oci-layout` and `index.json` that name it REPO@sha256:… (which
+containerd reads instead of manifest.json; docker still reads the latter).
 """
 
 import contextlib
 import dataclasses
+import json
 import os
 import tarfile
 import tempfile
@@ -17,11 +25,12 @@ import threading
 from pathlib import Path
 from typing import Final, Iterator
 
-from occystrap import dockersave
+from occystrap import dockersave, layout
 from occystrap.digest import Digest
 from occystrap.errors import OutputError
 from occystrap.fsutil import current_umask, output_errors
 from occystrap.image import Flow, Image, Layer
+from occystrap.manifest import OCI_MANIFEST, Descriptor
 
 _BLOCK = tarfile.BLOCKSIZE
 # GNU headers hold any size in one block (base-256 past 8 GiB), so a header
@@ -30,6 +39,8 @@ _FORMAT: Final = tarfile.GNU_FORMAT
 # Smaller than any real layer tar (two zero blocks end every archive).
 _MIN_HINT = 2 * _BLOCK
 _COPY_CHUNK = 1 << 20
+_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+_OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +70,10 @@ class TarballWriter:
         self._fillers = 0
         self._images: list[Image] = []
         self._written: set[Digest] = set()
+        # Decided by the first image: an OCI layout inside (see above).
+        self._oci: bool | None = None
+        self._sizes: dict[Digest, int] = {}
+        self._entries: list[layout.Entry] = []
 
     def open(self) -> None:
         path = self.path
@@ -79,7 +94,13 @@ class TarballWriter:
         self._closed = False
 
     def begin(self, image: Image) -> None:
-        pass
+        if self._oci is None:
+            self._oci = image.repo_tag is None and image.full_name is not None
+
+    def _layer_path(self, diff_id: Digest) -> str:
+        if self._oci:
+            return layout.blob_path(diff_id)
+        return dockersave.layer_path(diff_id)
 
     def has_layer(self, layer: Layer) -> bool:
         # Images in one tarball share their common layers' members.
@@ -90,13 +111,14 @@ class TarballWriter:
         self._tail_next = 0
         with output_errors(self.path):
             for layer, hint in layers:
-                name = dockersave.layer_dir(layer.diff_id)
-                self._append_member(f"{name}/", None)
-                self._append_member(f"{name}/VERSION",
-                                    dockersave.LAYER_VERSION)
+                if not self._oci:
+                    name = dockersave.layer_dir(layer.diff_id)
+                    self._append_member(f"{name}/", None)
+                    self._append_member(f"{name}/VERSION",
+                                        dockersave.LAYER_VERSION)
                 if hint is not None and hint >= _MIN_HINT:
                     region = _Region(self._end, hint)
-                    self._pwrite(_header(dockersave.layer_path(layer.diff_id),
+                    self._pwrite(_header(self._layer_path(layer.diff_id),
                                          hint), region.header_at)
                     self._end += _BLOCK + _padded(hint)
                     self._regions[layer.diff_id] = region
@@ -136,11 +158,12 @@ class TarballWriter:
                 return
             self._pwrite(chunk, start + written)
             written += len(chunk)
+        self._sizes[layer.diff_id] = written
         if written == region.size:
             return
         # Shorter than predicted: keep the layer here and mark the rest
         # of the region as filler, so the archive stays well-formed.
-        name = dockersave.layer_path(layer.diff_id)
+        name = self._layer_path(layer.diff_id)
         self._pwrite(_header(name, written), region.header_at)
         spare = _padded(region.size) - _padded(written)
         if spare:
@@ -161,7 +184,7 @@ class TarballWriter:
                        moved: int = 0) -> None:
         """Stream a layer to the end; the caller holds the tail."""
         header_at = self._end
-        name = dockersave.layer_path(layer.diff_id)
+        name = self._layer_path(layer.diff_id)
         self._pwrite(_header(name, 0), header_at)
         position = header_at + _BLOCK
         for offset in range(0, moved, _COPY_CHUNK):
@@ -176,6 +199,7 @@ class TarballWriter:
             self._pwrite(chunk, position)
             position += len(chunk)
         size = position - header_at - _BLOCK
+        self._sizes[layer.diff_id] = size
         self._pwrite(_header(name, size), header_at)
         self._end = header_at + _BLOCK + _padded(size)
         self._pwrite(b"\0" * (self._end - position), position)
@@ -210,21 +234,56 @@ class TarballWriter:
         # A layer or config that an earlier image brought is there once.
         known = {dockersave.layer_dir(d) for d in self._written}
         with output_errors(self.path):
-            for name, data in dockersave.legacy_layer_files(image):
-                if name.split("/")[0] not in known:
-                    self._append_member(name, data)
+            if not self._oci:
+                for name, data in dockersave.legacy_layer_files(image):
+                    if name.split("/")[0] not in known:
+                        self._append_member(name, data)
             if image.config_digest not in {i.config_digest
                                            for i in self._images}:
                 self._append_member(
-                    dockersave.config_name(image.config_digest), image.config)
+                    layout.blob_path(image.config_digest) if self._oci
+                    else dockersave.config_name(image.config_digest),
+                    image.config)
+            if self._oci:
+                self._entries.append(self._oci_entry(image))
         self._written.update(layer.diff_id for layer in image.layers)
         self._images.append(image)
+
+    def _oci_entry(self, image: Image) -> layout.Entry:
+        """The image's OCI manifest, written as a blob, and its index entry."""
+        manifest = json.dumps({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": _OCI_CONFIG,
+                       "digest": str(image.config_digest),
+                       "size": len(image.config)},
+            "layers": [{"mediaType": _OCI_LAYER, "digest": str(layer.diff_id),
+                        "size": self._sizes[layer.diff_id]}
+                       for layer in image.layers],
+        }, separators=(",", ":")).encode()
+        digest = Digest.of(manifest)
+        if digest not in {e.descriptor.digest for e in self._entries}:
+            self._append_member(layout.blob_path(digest), manifest)
+        descriptor = Descriptor(OCI_MANIFEST, digest, len(manifest),
+                                image.platform)
+        return layout.Entry(
+            descriptor, image.full_name or image.source or image.repository,
+            image.repo_tag, image.config_digest,
+            tuple(layer.diff_id for layer in image.layers))
 
     def close(self) -> None:
         assert self._temp is not None, "open() comes first"
         with output_errors(self.path):
-            self._append_member(dockersave.MANIFEST,
-                                dockersave.manifest_json(*self._images))
+            if self._oci:
+                self._append_member(layout.OCI_LAYOUT, layout.layout_json())
+                self._append_member(layout.INDEX,
+                                    layout.index_json(self._entries))
+                self._append_member(
+                    layout.DOCKER_MANIFEST,
+                    layout.docker_manifest_json(self._entries))
+            else:
+                self._append_member(dockersave.MANIFEST,
+                                    dockersave.manifest_json(*self._images))
             repositories = dockersave.repositories_json(*self._images)
             if repositories:
                 self._append_member(dockersave.REPOSITORIES, repositories)
