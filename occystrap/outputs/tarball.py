@@ -61,6 +61,10 @@ class TarballWriter:
         self._written: set[Digest] = set()
 
     def open(self) -> None:
+        with output_errors(self.path):
+            self._open()
+
+    def _open(self) -> None:
         path = self.path
         if path.is_dir():
             raise OutputError(f"{path} is a directory; give a file name for "
