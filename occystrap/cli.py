@@ -378,7 +378,9 @@ def _summary(summary: pipeline.Summary, destination: Path) -> str:
 def fetch_to_tarfile(settings: Settings, registry, image, tag, tarfile):
     """Download an image into a tarball that `docker load` accepts.
 
-    TAG may be a tag or a digest (sha256:...).
+    TAG may be a tag or a digest (sha256:...). TARFILE '-' (or a FIFO,
+    or /dev/stdout) streams the tarball once it is complete, from a
+    temporary file in TMPDIR.
 
     \b
     Example:
@@ -440,6 +442,7 @@ def recreate_image(settings: Settings, directory, image, tag, tarfile):
     from fetch-to-bundle (the directory, or a tar of it).
 
     Every layer is checked against the image config as it is copied.
+    TARFILE '-' writes to standard output.
 
     \b
     Example:
@@ -460,6 +463,8 @@ def recreate_image(settings: Settings, directory, image, tag, tarfile):
 
 def _check_outside(output: Path, source: Path) -> None:
     """An output inside its source would overwrite the files being read."""
+    if str(output) == "-" or (output.exists() and not output.is_file()):
+        return  # streamed to, never replaced
     try:
         where, inside = output.resolve(), source.resolve()
     except (OSError, RuntimeError):

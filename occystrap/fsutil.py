@@ -69,11 +69,12 @@ def _lock_as_named(fd: int, path: Path) -> bool:
     return False
 
 
-def sweep_stale(directory: Path, prefix: str = ".") -> int:
+def sweep_stale(directory: Path, *prefixes: str) -> int:
     """Remove temporaries in directory that no live process holds.
 
     Only hidden `<prefix>….XXXXXXXX.tmp` entries, as claim_temp and
-    claim_temp_dir name them; a killed run (SIGKILL, a power cut) leaves
+    claim_temp_dir name them (other temporaries carry no lock: name only
+    prefixes of locked ones); a killed run (SIGKILL, a power cut) leaves
     them behind. Returns how many were removed.
     """
     try:
@@ -82,7 +83,7 @@ def sweep_stale(directory: Path, prefix: str = ".") -> int:
         return 0
     removed = 0
     for name in names:
-        if name.startswith(prefix) and _TEMP_RE.match(name):
+        if name.startswith(prefixes) and _TEMP_RE.match(name):
             removed += _remove_if_stale(directory / name)
     return removed
 

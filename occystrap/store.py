@@ -110,12 +110,41 @@ class Store:
             raise StoreError(f"{path} is not an occystrap catalog")
         return doc
 
-    def add_image(self, repository: str, tag: str, manifest: bytes) -> str:
+    def locked(self):
+        """The directory's lock: cataloguing, and removing layers, take it."""
+        return locked(self.root / LOCK)
+
+    def used_layers(self) -> set[str]:
+        """The layer directories that catalogued images list.
+
+        Call under the lock. StoreError if a manifest cannot be read:
+        then nothing can safely be removed.
+        """
+        used: set[str] = set()
+        for tags in self.read_catalog().values():
+            for name in tags.values():
+                layers = single_manifest(self.root / name, self.root) \
+                    .get("Layers")
+                if isinstance(layers, list):
+                    used.update(str(p).split("/")[0] for p in layers)
+        return used
+
+    def add_image(self, repository: str, tag: str, manifest: bytes,
+                  layers: tuple[Digest, ...] = ()) -> str:
         """Write an image's manifest under its own name; catalog it.
 
         Under a lock, so concurrent fetches into one directory all land.
+        Each of `layers` must still be there: a failed run removes the
+        layers it wrote unless a catalogued image uses them, and this run
+        may have found one of those present before it went.
         """
-        with locked(self.root / LOCK):
+        with self.locked():
+            for diff_id in layers:
+                if not self.layer_tar(diff_id).is_file():
+                    raise StoreError(
+                        f"layer {diff_id.short()} left {self.root} while "
+                        "this image was fetched (another fetch into it "
+                        "failed and removed it); run the fetch again")
             catalog = self.read_catalog()
             taken = {name: (repo, t) for repo, tags in catalog.items()
                      for t, name in tags.items()}

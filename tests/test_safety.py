@@ -12,6 +12,7 @@ import io
 import json
 import os
 import resource
+import select
 import shutil
 import signal
 import subprocess
@@ -39,8 +40,9 @@ def run(*args: str, timeout: float = HANG, unprivileged: bool = False,
         # Root reads anything; without its capabilities, file modes count.
         command = [_tool("setpriv"), "--bounding-set=-all", *command]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    kwargs.setdefault("stdout", subprocess.PIPE)
     return subprocess.run(
-        command, capture_output=True, timeout=timeout, env=env,
+        command, stderr=subprocess.PIPE, timeout=timeout, env=env,
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS,
                                               (MEMORY, MEMORY)), **kwargs)
 
@@ -370,3 +372,303 @@ def test_a_bundle_layer_of_the_wrong_size_stops_at_once(registry, repo,
     assert_error(result, "more than the", "damaged")
     assert sum(read) < 4 << 20, sum(read)
     assert not out.exists()
+
+
+# --- 2: a TARFILE that is not a regular file ----------------------------------
+
+
+def _members(data: bytes) -> list[str]:
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        return archive.getnames()
+
+
+@pytest.mark.parametrize("target", ["-", "/dev/stdout", "/dev/fd/1"])
+def test_a_tarball_streams_to_standard_output(registry, repo, tmp_path,
+                                              target):
+    image = ib.make_image([_layer("s")])
+    registry.push_image(repo, image, "v1")
+    # As a shell's redirect leaves it: a file already open, some bytes in.
+    out = tmp_path / "redirected.tar"
+    with open(out, "wb") as f:
+        result = run("fetch-to-tarfile", registry.host, repo, "v1", target,
+                     stdout=f, cwd=tmp_path)
+    ok(result)
+    assert "manifest.json" in _members(out.read_bytes())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["redirected.tar"]
+
+
+def test_a_tarball_streams_into_a_pipe(registry, repo, tmp_path, podman):
+    image = ib.make_image([_layer("p")])
+    registry.push_image(repo, image, "v1")
+    result = run("fetch-to-tarfile", registry.host, repo, "v1", "-")
+    ok(result)
+    out = tmp_path / "piped.tar"
+    out.write_bytes(result.stdout)
+    assert podman.load(out) == [f"{registry.host}/{repo}:v1"]
+
+
+def test_recreate_streams_into_a_fifo_and_a_device(registry, repo, tmp_path):
+    store, _ = shared(registry, repo, tmp_path)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    received = tmp_path / "received.tar"
+    reader = subprocess.Popen(["cat", str(fifo)],
+                              stdout=open(received, "wb"))
+    try:
+        ok(run("recreate-image", str(store), repo, "v1", str(fifo)))
+        reader.wait(timeout=HANG)
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait()
+    assert fifo.is_fifo()
+    assert "manifest.json" in _members(received.read_bytes())
+    # A link to a device: the device is written, the link stays.
+    null = tmp_path / "null"
+    null.symlink_to("/dev/null")
+    ok(run("recreate-image", str(store), repo, "v1", str(null)))
+    assert null.is_symlink() and null.is_char_device()
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+def test_a_tarball_is_not_written_to_a_terminal(registry, repo, tmp_path):
+    import pty
+    registry.push_image(repo, ib.make_image([_layer("t")]), "v1")
+    leader, follower = pty.openpty()
+    try:
+        result = run("fetch-to-tarfile", registry.host, repo, "v1", "-",
+                     stdout=follower)
+    finally:
+        os.close(follower)
+        os.close(leader)
+    failed(result, "is a terminal")
+
+
+# --- 5: a layer directory that leads out of DIR -------------------------------
+
+
+def test_a_linked_layer_directory_is_not_written_through(registry, repo,
+                                                         tmp_path):
+    store, image = shared(registry, repo, tmp_path)
+    directory = layer_tar(store, image.diff_ids[0]).parent
+    shutil.rmtree(directory)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    directory.symlink_to(outside)
+    registry.push_image(repo, ib.make_image([image.layers[0],
+                                             _layer("app/v3")]), "v3")
+
+    result = run("fetch-to-extracted", "--use-unique-names", registry.host,
+                 repo, "v3", str(store))
+    failed(result, str(directory), "tampered")
+    assert list(outside.iterdir()) == []
+
+
+# --- 1: a failed fetch and the layers another run catalogued ------------------
+
+
+@pytest.fixture
+def proxy(registry):
+    from faultproxy import FaultProxy
+    with FaultProxy(registry.url) as running:
+        yield running
+
+
+def _slow(proxy, layer: ib.Layer) -> None:
+    from faultproxy import Trickle
+    proxy.add(Trickle(f"/blobs/{layer.digest}", piece=8192, interval=0.1))
+
+
+def _start(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]),
+           "OCCYSTRAP_RETRY_DELAY": "0"}
+    env = {k: v for k, v in env.items() if "proxy" not in k.lower()}
+    return subprocess.Popen(
+        [sys.executable, "-m", "occystrap", "--timeout", "30", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
+
+def _until(condition, what: str, process: subprocess.Popen | None = None,
+           timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"{what}: the run ended first: "
+                                 f"{process.communicate()[1].decode()}")
+        assert time.monotonic() < deadline, f"{what}: never happened"
+        time.sleep(0.05)
+
+
+def _finish(process: subprocess.Popen) -> tuple[int, str]:
+    try:
+        _, stderr = process.communicate(timeout=HANG)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process.returncode, stderr.decode()
+
+
+def test_a_failed_fetch_keeps_layers_another_run_catalogued(
+        registry, proxy, repo, tmp_path):
+    base = _layer("base")
+    big = _layer("big", 600_000)
+    registry.push_image(repo, ib.make_image([base, big]), "slow")
+    quick = ib.make_image([base, _layer("quick")])
+    registry.push_image(repo, quick, "quick")
+    _slow(proxy, big)
+    store = tmp_path / "shared"
+    # Run A starts the directory; its base layer lands, its big one crawls.
+    first = _start("fetch-to-extracted", "--use-unique-names", proxy.url,
+                   repo, "slow", str(store))
+    try:
+        _until(lambda: layer_tar(store, base.diff_id).exists(),
+               "run A's base layer", first)
+        # Run B finds the base layer there, and catalogues its image.
+        ok(run("fetch-to-extracted", "--use-unique-names", registry.host,
+               repo, "quick", str(store)))
+        first.send_signal(signal.SIGINT)
+    finally:
+        code, stderr = _finish(first)
+    assert code == 130, stderr
+    ok(run("recreate-image", str(store), repo, "quick",
+           str(tmp_path / "quick.tar")))
+    assert _layer_dirs(store) == {d.split(":")[1] for d in quick.diff_ids}
+
+
+def _layer_dirs(store: Path) -> set[str]:
+    return {p.name for p in store.iterdir() if (p / "layer.tar").exists()}
+
+
+# --- 9, 10: signals, kills, and what they leave -------------------------------
+
+
+def _temporaries(*places: Path) -> list[Path]:
+    return [p for place in places for p in place.rglob(".*.tmp")]
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("command, flags", [
+    ("fetch-to-tarfile", []),
+    ("fetch-to-extracted", ["--use-unique-names"]),
+])
+def test_sigterm_and_sighup_clean_up_as_ctrl_c_does(
+        registry, proxy, repo, tmp_path, number, command, flags):
+    big = _layer("big", 600_000)
+    image = ib.make_image([_layer("small"), big])
+    registry.push_image(repo, image, "v1")
+    _slow(proxy, big)
+    out = tmp_path / "out" / ("image.tar" if flags == [] else "shared")
+    out.parent.mkdir()
+    process = _start(command, *flags, proxy.url, repo, "v1", str(out))
+    try:
+        _until(lambda: any(s.sent for s in proxy.requests(big.digest)),
+               "the download", process)
+        time.sleep(0.3)
+        process.send_signal(number)
+    finally:
+        code, stderr = _finish(process)
+    assert code == 128 + number, stderr
+    assert f"Interrupted by {signal.Signals(number).name}" in stderr
+    assert "Traceback" not in stderr
+    assert list(out.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("command, flags, existing", [
+    ("fetch-to-tarfile", [], False),
+    ("fetch-to-extracted", ["--use-unique-names"], False),
+    # 10: an empty directory a killed run filled is empty again to a rerun.
+    ("fetch-to-extracted", [], True),
+])
+def test_the_next_run_removes_what_a_killed_run_left(
+        registry, proxy, repo, tmp_path, command, flags, existing):
+    big = _layer("big", 600_000)
+    image = ib.make_image([_layer("small"), big])
+    registry.push_image(repo, image, "v1")
+    _slow(proxy, big)
+    out = tmp_path / "out" / ("image.tar" if command == "fetch-to-tarfile"
+                              else "dir")
+    out.parent.mkdir()
+    if existing:
+        out.mkdir()
+    process = _start(command, *flags, proxy.url, repo, "v1", str(out))
+    try:
+        _until(lambda: any(s.sent > 100_000
+                           for s in proxy.requests(big.digest)),
+               "the download", process)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        _finish(process)
+    assert _temporaries(out.parent), "the kill left nothing to clean up"
+
+    ok(run(command, *flags, registry.host, repo, "v1", str(out)))
+    assert _temporaries(out.parent) == []
+    if command == "fetch-to-extracted":
+        ok(run("recreate-image", str(out), repo, "v1",
+               str(tmp_path / "check.tar")))
+
+
+def test_a_live_runs_temporaries_are_left_alone(registry, proxy, repo,
+                                                tmp_path):
+    big = _layer("big", 600_000)
+    registry.push_image(repo, ib.make_image([big]), "slow")
+    registry.push_image(repo, ib.make_image([_layer("q")]), "quick")
+    _slow(proxy, big)
+    store = tmp_path / "shared"
+    slow = _start("fetch-to-extracted", "--use-unique-names", proxy.url,
+                  repo, "slow", str(store))
+    try:
+        _until(lambda: _temporaries(store), "run A's temporary", slow)
+        ok(run("fetch-to-extracted", "--use-unique-names", registry.host,
+               repo, "quick", str(store)))
+        assert _temporaries(store)
+    finally:
+        code, stderr = _finish(slow)
+    assert code == 0, stderr
+    ok(run("recreate-image", str(store), repo, "slow",
+           str(tmp_path / "slow.tar")))
+
+
+# --- 11: the lock -------------------------------------------------------------
+
+
+def test_the_lock_cannot_be_taken_by_a_reader(registry, repo, tmp_path):
+    store, _ = shared(registry, repo, tmp_path)
+    lock = store / ".occystrap.lock"
+    # Another user's directory, which we (root without its powers) may
+    # read but not write.
+    os.chown(store, 12345, 12345)
+    os.chown(lock, 12345, 12345)
+    store.chmod(0o755)
+    command = [sys.executable, "-c",
+               "import fcntl, sys\n"
+               "f = open(sys.argv[1], 'rb')\n"
+               "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n",
+               str(lock)]
+    if os.geteuid() == 0:
+        command = [_tool("setpriv"), "--bounding-set=-all", *command]
+    result = subprocess.run(command, capture_output=True, timeout=HANG)
+    assert result.returncode != 0, "a reader took the lock"
+    assert b"PermissionError" in result.stderr, result.stderr
+
+
+def test_a_run_says_what_lock_it_waits_for(registry, repo, tmp_path):
+    store, _ = shared(registry, repo, tmp_path)
+    registry.push_image(repo, ib.make_image([_layer("w")]), "v2")
+    with open(store / ".occystrap.lock", "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        process = _start("fetch-to-extracted", "--use-unique-names",
+                         registry.host, repo, "v2", str(store))
+        try:
+            ready, _, _ = select.select([process.stderr], [], [], HANG)
+            assert ready, "nothing said while waiting for the lock"
+            line = process.stderr.readline().decode()
+            assert "waiting for the lock" in line, line
+            assert str(store / ".occystrap.lock") in line
+            assert f"process {os.getpid()}" in line
+        except BaseException:
+            process.kill()
+            raise
+        fcntl.flock(held, fcntl.LOCK_UN)
+    code, stderr = _finish(process)
+    assert code == 0, stderr
