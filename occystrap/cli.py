@@ -463,9 +463,9 @@ def recreate_image(settings: Settings, directory, image, tag, tarfile):
 
 def _check_outside(output: Path, source: Path) -> None:
     """An output inside its source would overwrite the files being read."""
-    if str(output) == "-" or (output.exists() and not output.is_file()):
-        return  # streamed to, never replaced
     try:
+        if str(output) == "-" or (output.exists() and not output.is_file()):
+            return  # streamed to, never replaced
         where, inside = output.resolve(), source.resolve()
     except (OSError, RuntimeError):
         return  # then opening either one fails, and says why
