@@ -13,7 +13,7 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from occystrap.errors import StoreError
 
@@ -95,7 +95,7 @@ def _chunks(f) -> Iterator[bytes]:
             yield chunk
 
 
-def loads(data: bytes | str) -> object:
+def loads(data: bytes | str) -> Any:
     """json.loads, with absurd nesting as the ValueError it is.
 
     json.loads recurses once per level of nesting, so deep input exhausts
@@ -107,7 +107,7 @@ def loads(data: bytes | str) -> object:
         raise ValueError("JSON nested too deeply") from None
 
 
-def load_json(path: Path, limit: int, root: Path | None = None) -> object:
+def load_json(path: Path, limit: int, root: Path | None = None) -> Any:
     """A JSON file of at most `limit` bytes; ValueError if not JSON."""
     return loads(read_capped(path, limit, root))
 
