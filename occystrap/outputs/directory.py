@@ -152,7 +152,8 @@ class DirectoryWriter:
             fd, temp = claim_temp(target)
             self._temps.add(temp)
             try:
-                with open(fd, "wb", closefd=False) as f:
+                # fd only holds the lock; the bytes go through a file.
+                with open(temp, "wb") as f:
                     for chunk in chunks:
                         f.write(chunk)
                 os.fchmod(fd, 0o644 & ~current_umask())
