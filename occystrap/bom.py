@@ -15,10 +15,10 @@ removed without a new schema number:
                              "media_type": ...}]}]}
 """
 
-import json
 from pathlib import Path
 from typing import Any
 
+from occystrap import safefile
 from occystrap.errors import StoreError
 from occystrap.inputs.offline import MISSING, Finding, SourceImage
 from occystrap.sources import Source
@@ -62,7 +62,7 @@ def _text(value: object) -> str | None:
 def load(path: Path) -> list[dict[str, Any]]:
     """The images of a BOM file, checked to be one this version reads."""
     try:
-        doc = json.loads(path.read_bytes())
+        doc = safefile.loads(path.read_bytes())
     except (OSError, ValueError, UnicodeDecodeError) as e:
         raise StoreError(f"cannot read the BOM {path}: {e}; write it with "
                          "occystrap inspect --json SOURCE > BOM.json") \

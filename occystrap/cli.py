@@ -1,19 +1,23 @@
 """The occystrap command line: thin commands over the library."""
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import re
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
+from typing import Iterator
 
 import click
 
 from occystrap import __version__, pipeline, progress
 from occystrap.credentials import (
     CredentialSource, Credentials, find_credentials)
-from occystrap.errors import OccystrapError
+from occystrap.errors import InvalidReference, OccystrapError
 from occystrap.humanize import human_size
 from occystrap.image import ImageWriter
 from occystrap.inputs.directory import DirectoryInput
@@ -22,7 +26,7 @@ from occystrap.options import TransportOptions
 from occystrap.outputs.directory import DirectoryWriter
 from occystrap.outputs.tarball import TarballWriter
 from occystrap.reference import ImageReference
-from occystrap.terminal import ProgressDisplay
+from occystrap.terminal import ProgressDisplay, printable
 from occystrap.tls import DEFAULT_CERTS_D
 
 
@@ -30,6 +34,18 @@ LOG = logging.getLogger("occystrap")
 # A query string may be a signature (signed blob URLs carry their authority
 # there); requests puts whole URLs into its exception texts.
 _QUERY_RE = re.compile(r"(/[^\s'\"?]*)\?[^\s'\"()<>]+")
+# user:password@host in a URL.
+_USERINFO_RE = re.compile(r"(//)[^/@\s'\"]+@")
+# Ended like Ctrl-C: cleaned up, then exit 128 + the signal's number.
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a dropped ssh session): handled as Ctrl-C is."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,10 +67,13 @@ class OccystrapGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with _stop_signals_interrupt():
+                return super().invoke(ctx)
         except OccystrapError as e:
             self._explain(ctx)
             raise click.ClickException(_scrub(str(e))) from None
+        except Stopped as e:
+            self._interrupt(ctx, e.signum)
         except KeyboardInterrupt:
             self._interrupt(ctx)
         except (click.ClickException, click.exceptions.Exit,
@@ -72,15 +91,50 @@ class OccystrapGroup(click.Group):
                 "--verbose and report it")) from None
 
     @staticmethod
-    def _interrupt(ctx: click.Context) -> None:
-        click.echo("\nInterrupted; nothing was written.", err=True)
-        ctx.exit(130)
+    def _interrupt(ctx: click.Context,
+                   signum: int = signal.SIGINT) -> None:
+        name = "" if signum == signal.SIGINT \
+            else f" by {signal.Signals(signum).name}"
+        try:
+            click.echo(f"\nInterrupted{name}; nothing was written.",
+                       err=True)
+        except OSError:
+            pass  # the terminal went with the ssh session that hung up
+        ctx.exit(128 + signum)
 
     @staticmethod
     def _explain(ctx: click.Context) -> None:
         settings = ctx.find_object(Settings)
         if settings and settings.verbose:
-            click.echo(_scrub(traceback.format_exc().rstrip()), err=True)
+            click.echo(_scrub(traceback.format_exc().rstrip(),
+                              keep_newlines=True), err=True)
+
+
+@contextlib.contextmanager
+def _stop_signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise Stopped in the main thread, so the same
+    cleanup as for Ctrl-C runs: no temporary file is left behind.
+
+    Only the first one counts: a second must not cut the cleanup short.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stopping = False
+
+    def stop(signum: int, frame) -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            raise Stopped(signum)
+
+    before = {number: signal.signal(number, stop)
+              for number in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)
 
 
 def _interrupted(error: BaseException) -> bool:
@@ -92,8 +146,24 @@ def _interrupted(error: BaseException) -> bool:
     return False
 
 
-def _scrub(text: str) -> str:
-    return _QUERY_RE.sub(r"\1?…", text)
+def _scrub(text: str, keep_newlines: bool = False) -> str:
+    """Fit for the terminal: no signed-URL query, no password, and no
+    control character from whatever input the text quotes."""
+    text = _USERINFO_RE.sub(r"\1***@", _QUERY_RE.sub(r"\1?…", text))
+    return printable(text, keep_newlines)
+
+
+def _say(text: str, err: bool = False) -> None:
+    """Print one line built (in part) from input."""
+    click.echo(printable(text), err=err)
+
+
+def _reference(registry: str, image: str, tag: str) -> ImageReference:
+    """A malformed name is a wrong command line: exit 2, as click's own."""
+    try:
+        return ImageReference.parse(registry, image, tag)
+    except InvalidReference as e:
+        raise click.UsageError(str(e)) from None
 
 
 pass_settings = click.make_pass_decorator(Settings)
@@ -237,7 +307,7 @@ def _configure_logging(verbose: bool, quiet: bool):
     tests and other programs do) leaves logging as it found it.
     """
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    handler.setFormatter(_PrintableFormatter("%(levelname)s: %(message)s"))
     before = LOG.level, LOG.propagate
     LOG.addHandler(handler)
     LOG.setLevel(logging.DEBUG if verbose
@@ -249,6 +319,13 @@ def _configure_logging(verbose: bool, quiet: bool):
         LOG.setLevel(before[0])
         LOG.propagate = before[1]
     return restore
+
+
+class _PrintableFormatter(logging.Formatter):
+    """Log lines quote names from input too: no control characters."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _scrub(super().format(record), keep_newlines=True)
 
 
 def _client(settings: Settings, reference: ImageReference):
@@ -274,7 +351,7 @@ def _run(settings: Settings, source, writer: ImageWriter,
         if display:
             display.close()
     if not settings.quiet:
-        click.echo(_summary(summary, destination), err=True)
+        _say(_summary(summary, destination), err=True)
     return summary
 
 
@@ -306,13 +383,15 @@ def fetch_to_tarfile(settings: Settings, registry, image, tag, tarfile):
     TAG may be a tag, a digest (sha256:...), or both (1.36@sha256:...:
     named by the tag, verified by the digest). An image fetched by digest
     alone loads in docker untagged; containerd names it REPO@sha256:....
+    TARFILE '-' (or a FIFO, or /dev/stdout) streams the tarball once it
+    is complete, from a temporary file in TMPDIR.
 
     \b
     Example:
       occystrap fetch-to-tarfile registry-1.docker.io library/busybox \\
           latest busybox.tar
     """
-    reference = ImageReference.parse(registry, image, tag)
+    reference = _reference(registry, image, tag)
     _fetch(settings, reference, TarballWriter(tarfile), tarfile)
 
 
@@ -351,7 +430,7 @@ def fetch_to_extracted(settings: Settings, use_unique_names, expand,
       occystrap fetch-to-extracted --expand quay.io \\
           ukhomeofficedigital/centos-base latest ukhomeoffice-centos
     """
-    reference = ImageReference.parse(registry, image, tag)
+    reference = _reference(registry, image, tag)
     _fetch(settings, reference,
            DirectoryWriter(directory, shared=use_unique_names, expand=expand),
            directory)
@@ -377,12 +456,14 @@ def recreate_image(settings: Settings, directory, image, tag, tarfile):
     from fetch-to-bundle (the directory, or a tar of it).
 
     Every layer is checked against the image config as it is copied.
+    TARFILE '-' writes to standard output.
 
     \b
     Example:
       occystrap recreate-image merged_images homeassistant/home-assistant \\
           latest ha-latest.tar
     """
+    _check_outside(tarfile, directory)
     if not directory.is_file() and not (directory / "index.json").exists():
         _run(settings, DirectoryInput(directory, image, tag),
              TarballWriter(tarfile), tarfile)
@@ -392,6 +473,20 @@ def recreate_image(settings: Settings, directory, image, tag, tarfile):
     with open_source(directory) as held:
         _run(settings, SourceInput.find(held, image, tag, settings.platform),
              TarballWriter(tarfile), tarfile)
+
+
+def _check_outside(output: Path, source: Path) -> None:
+    """An output inside its source would overwrite the files being read."""
+    try:
+        if str(output) == "-" or (output.exists() and not output.is_file()):
+            return  # streamed to, never replaced
+        where, inside = output.resolve(), source.resolve()
+    except (OSError, RuntimeError):
+        return  # then opening either one fails, and says why
+    if where == inside or inside in where.parents:
+        raise click.UsageError(
+            f"TARFILE {output} is inside the source {source}; writing it "
+            "would overwrite what is being read: give a path outside it")
 
 
 @cli.command("fetch-to-bundle")
@@ -432,9 +527,12 @@ def fetch_to_bundle(settings: Settings, lists, keep_going, all_platforms,
     from occystrap import bundler
     from occystrap.outputs.bundle import BundleWriter
     from occystrap.reference import parse_list
-    wanted = parse_list(list(references), "the command line")
-    for handle in lists:
-        wanted += parse_list(handle.readlines(), handle.name)
+    try:
+        wanted = parse_list(list(references), "the command line")
+        for handle in lists:
+            wanted += parse_list(handle.readlines(), handle.name)
+    except InvalidReference as e:
+        raise click.UsageError(str(e)) from None
     if not wanted:
         raise click.UsageError("give at least one REFERENCE or "
                                "--images-from FILE")
@@ -462,10 +560,11 @@ def fetch_to_bundle(settings: Settings, lists, keep_going, all_platforms,
     failed = [o for o in outcomes if o.error is not None]
     if not settings.quiet:
         for outcome in outcomes:
-            click.echo(_bundle_line(outcome), err=True)
-        click.echo(_bundle_total(outcomes, writer, directory), err=True)
+            _say(_bundle_line(outcome), err=True)
+        _say(_bundle_total(outcomes, writer, directory), err=True)
     for outcome in failed:
-        click.echo(f"Error: {outcome.reference}: {outcome.error}", err=True)
+        click.echo(_scrub(f"Error: {outcome.reference}: {outcome.error}"),
+                   err=True)
     if failed:
         raise click.exceptions.Exit(1)
 
@@ -557,16 +656,16 @@ def verify(settings: Settings, expect, source):
                                     str(source))
     if not settings.quiet:
         for warning in report.warnings:
-            click.echo(f"warning: {warning}")
+            _say(f"warning: {warning}")
     for problem in problems:
-        click.echo(str(problem))
+        _say(str(problem))
     if problems:
-        click.echo(f"{len(problems)} {_plural(len(problems), 'problem')} "
-                   f"in {source}")
+        _say(f"{len(problems)} {_plural(len(problems), 'problem')} "
+             f"in {source}")
         raise click.exceptions.Exit(1)
     if not settings.quiet:
         matched = f", as {expect} lists" if expect else ""
-        click.echo(
+        _say(
             f"{source}: {len(report.images)} "
             f"{_plural(len(report.images), 'image')}{matched}, "
             f"{report.files_checked} "
@@ -639,9 +738,9 @@ def inspect(settings: Settings, as_json, source):
         click.echo(_inspect_table(doc))
     if scan.findings:
         for finding in scan.findings:
-            click.echo(f"Error: {finding}", err=True)
-        click.echo(f"{source} is damaged; occystrap verify {source} checks "
-                   "it in full", err=True)
+            _say(f"Error: {finding}", err=True)
+        _say(f"{source} is damaged; occystrap verify {source} checks "
+             "it in full", err=True)
         raise click.exceptions.Exit(1)
 
 
@@ -664,7 +763,7 @@ def _inspect_table(doc: dict) -> str:
             diff_id = f"  diff_id {layer['diff_id']}" \
                 if layer["diff_id"] not in (None, layer["digest"]) else ""
             lines.append(f"    {layer['digest'] or '?'}  {size:>10}{diff_id}")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)
 
 
 class _Size(click.ParamType):

@@ -9,7 +9,7 @@ from occystrap.errors import InvalidReference, VerificationError
 # Only algorithms whose hex length we know can be checked before a digest
 # is used in a URL or a file name.
 _HEX_LENGTHS = {"sha256": 64, "sha512": 128}
-_DIGEST_RE = re.compile(r"^([a-z0-9]+(?:[+._-][a-z0-9]+)*):([a-f0-9]+)$")
+_DIGEST_RE = re.compile(r"([a-z0-9]+(?:[+._-][a-z0-9]+)*):([a-f0-9]+)\Z")
 
 
 @dataclasses.dataclass(frozen=True)

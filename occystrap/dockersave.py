@@ -65,7 +65,9 @@ def legacy_layer_files(image: Image) -> Iterator[tuple[str, bytes]]:
 def repositories_json(*images: Image) -> bytes | None:
     doc: dict[str, dict[str, str]] = {}
     for image in images:
-        if image.repo_tag and image.layers:
+        # A name without a tag (from a foreign manifest) has no entry.
+        if image.repo_tag and image.layers \
+                and ":" in image.repo_tag.rpartition("/")[2]:
             name, tag = image.repo_tag.rsplit(":", 1)
             doc.setdefault(name, {})[tag] = image.layers[-1].diff_id.hex
     return dumps(doc) if doc else None

@@ -1,9 +1,9 @@
 """Manifests, indexes and image configs: parsing, validation, platforms."""
 
 import dataclasses
-import json
 from typing import Any
 
+from occystrap import safefile
 from occystrap.digest import Digest
 from occystrap.errors import InvalidReference, ManifestError, PlatformNotFound
 
@@ -163,7 +163,7 @@ class ImageIndex:
 
 def _load_json(data: bytes, what: str) -> dict:
     try:
-        parsed = json.loads(data)
+        parsed = safefile.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise ManifestError(f"{what} is not valid JSON: {e}") from None
     if not isinstance(parsed, dict):

@@ -14,12 +14,17 @@ _HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io",
 
 # From the distribution reference grammar.
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_REPOSITORY_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
-_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+# \Z, not $: '$' also matches before a final newline, and a name that
+# ends in one would become a file name in a shared directory.
+_REPOSITORY_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*\Z")
+_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
+# DNS labels are 1 to 63 characters; the whole name at most 253.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST_RE = re.compile(
-    r"^(?:(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
-    r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
+    rf"(?P<name>{_LABEL}(?:\.{_LABEL})*|\[(?P<ip6>[0-9A-Fa-f:.]+)\])"
+    r"(?::(?P<port>[0-9]{1,5}))?\Z")
+# user:password@ before a host: never repeated back, not even in an error.
+_USERINFO_RE = re.compile(r"\A([A-Za-z]+://)?[^/]*@")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +36,7 @@ class Registry:
 
     @classmethod
     def parse(cls, text: str) -> "Registry":
-        original = text
+        original = _redacted(text)
         scheme = None
         lowered = text.lower()
         for prefix in ("https://", "http://"):
@@ -39,10 +44,17 @@ class Registry:
                 scheme = prefix[:-3]
                 text = text[len(prefix):]
         text = text.rstrip("/")
-        if not text or not _HOST_RE.match(text):
+        if "@" in text:
+            raise InvalidReference(
+                f"invalid registry {original!r}: credentials do not belong "
+                "in REGISTRY; give them with --username and "
+                "--password-stdin")
+        match = _HOST_RE.match(text)
+        if not match:
             raise InvalidReference(
                 f"invalid registry {original!r}: expected HOST or HOST:PORT, "
                 "e.g. registry-1.docker.io, quay.io or localhost:5000")
+        _check_host(match, original)
         host = text.lower()
         if host in _HUB_ALIASES:
             host = DOCKER_HUB_HOST
@@ -176,6 +188,28 @@ class ImageReference:
         tag = f":{self.tag}" if self.tag else ""
         pinned = f"@{self.digest}" if self.digest else ""
         return f"{name}{tag}{pinned}"
+
+
+def _check_host(match: re.Match, original: str) -> None:
+    """What the pattern cannot say: name length, port range, IPv6 form."""
+    what = f"invalid registry {original!r}"
+    name, ip6, port = match.group("name", "ip6", "port")
+    if name is not None and len(name) > 253:
+        raise InvalidReference(
+            f"{what}: a host name is at most 253 characters")
+    if ip6 is not None:
+        try:
+            ipaddress.IPv6Address(ip6)
+        except ValueError:
+            raise InvalidReference(
+                f"{what}: [{ip6}] is not an IPv6 address") from None
+    if port is not None and not 1 <= int(port) <= 65535:
+        raise InvalidReference(
+            f"{what}: port {int(port)} is not between 1 and 65535")
+
+
+def _redacted(text: str) -> str:
+    return _USERINFO_RE.sub(r"\1***@", text)
 
 
 def parse_repository(image: str, registry: Registry) -> str:

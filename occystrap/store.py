@@ -10,17 +10,19 @@ mapping each repository to its tags and each tag to its manifest file.
 import json
 import os
 import re
+import stat
 from pathlib import Path
 
-from occystrap import dockersave
+from occystrap import dockersave, safefile
 from occystrap.digest import Digest
 from occystrap.errors import StoreError
 from occystrap.fsutil import file_digest, locked, write_atomic
+from occystrap.manifest import MAX_MANIFEST_SIZE
 
 CATALOG = "catalog.json"
 # Hidden, so the seed's `cd DIR; tar -cf ../x.tar *` leaves it out.
 LOCK = ".occystrap.lock"
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.@:-]+$")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.@:-]+\Z")
 
 Catalog = dict[str, dict[str, str]]
 
@@ -53,7 +55,10 @@ class Store:
         """
         path = self.layer_tar(diff_id)
         before = _identity(path)
-        if before is None:
+        # A FIFO, a device or a link out of the directory is no layer:
+        # hashing it would hang, never end, or trust what lies elsewhere.
+        if before is None or not stat.S_ISREG(before[-1]) \
+                or not safefile.inside(path, self.root):
             return False
         if self._verified.get(diff_id) == before:
             return True
@@ -90,7 +95,7 @@ class Store:
     def read_catalog(self) -> Catalog:
         path = self.root / CATALOG
         try:
-            doc = json.loads(path.read_bytes())
+            doc = safefile.load_json(path, MAX_MANIFEST_SIZE, self.root)
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as e:
@@ -105,12 +110,41 @@ class Store:
             raise StoreError(f"{path} is not an occystrap catalog")
         return doc
 
-    def add_image(self, repository: str, tag: str, manifest: bytes) -> str:
+    def locked(self):
+        """The directory's lock: cataloguing, and removing layers, take it."""
+        return locked(self.root / LOCK)
+
+    def used_layers(self) -> set[str]:
+        """The layer directories that catalogued images list.
+
+        Call under the lock. StoreError if a manifest cannot be read:
+        then nothing can safely be removed.
+        """
+        used: set[str] = set()
+        for tags in self.read_catalog().values():
+            for name in tags.values():
+                layers = single_manifest(self.root / name, self.root) \
+                    .get("Layers")
+                if isinstance(layers, list):
+                    used.update(str(p).split("/")[0] for p in layers)
+        return used
+
+    def add_image(self, repository: str, tag: str, manifest: bytes,
+                  layers: tuple[Digest, ...] = ()) -> str:
         """Write an image's manifest under its own name; catalog it.
 
         Under a lock, so concurrent fetches into one directory all land.
+        Each of `layers` must still be there: a failed run removes the
+        layers it wrote unless a catalogued image uses them, and this run
+        may have found one of those present before it went.
         """
-        with locked(self.root / LOCK):
+        with self.locked():
+            for diff_id in layers:
+                if not self.layer_tar(diff_id).is_file():
+                    raise StoreError(
+                        f"layer {diff_id.short()} left {self.root} while "
+                        "this image was fetched (another fetch into it "
+                        "failed and removed it); run the fetch again")
             catalog = self.read_catalog()
             taken = {name: (repo, t) for repo, tags in catalog.items()
                      for t, name in tags.items()}
@@ -135,7 +169,9 @@ class Store:
             catalog = self.read_catalog()
             for name in candidates(repository):
                 if tag in catalog.get(name, {}):
-                    return self.root / catalog[name][tag]
+                    path = self.root / catalog[name][tag]
+                    self._check_names(path, repository, tag)
+                    return path
             held = "; ".join(
                 f"{repo}: {', '.join(sorted(tags))}"
                 for repo, tags in sorted(catalog.items())) or "nothing"
@@ -144,10 +180,8 @@ class Store:
                 f"holds {held}")
         if self.is_single:
             path = self.root / dockersave.MANIFEST
-            tags = single_repo_tags(path)
-            wanted = {f"{n}:{tag}" for n in candidates(repository)}
-            if any(t in wanted or any(t.endswith("/" + w) for w in wanted)
-                   for t in tags):
+            tags = single_repo_tags(path, self.root)
+            if names_fit(tags, repository, tag):
                 return path
             raise StoreError(
                 f"{self.root} holds {', '.join(tags) or 'an untagged image'}"
@@ -157,11 +191,31 @@ class Store:
             f"{dockersave.MANIFEST}); give the directory fetch-to-extracted "
             "wrote")
 
+    def _check_names(self, path: Path, repository: str, tag: str) -> None:
+        """The manifest file names the image the catalog files it as.
 
-def single_manifest(path: Path) -> dict:
+        Its RepoTags become the name the tarball gives the image: a
+        tampered manifest must not rename it.
+        """
+        tags = single_repo_tags(path, self.root)
+        if tags and not names_fit(tags, repository, tag):
+            raise StoreError(
+                f"{path} names {', '.join(tags)}, but {self.root / CATALOG} "
+                f"files it as {repository}:{tag}: the directory has been "
+                "tampered with; fetch the image again")
+
+
+def names_fit(tags: list[str], repository: str, tag: str) -> bool:
+    """Does one of the names docker gives an image mean repository:tag?"""
+    wanted = {f"{n}:{tag}" for n in candidates(repository)}
+    return any(t in wanted or any(t.endswith("/" + w) for w in wanted)
+               for t in tags)
+
+
+def single_manifest(path: Path, root: Path | None = None) -> dict:
     """The one entry of a docker-save manifest.json."""
     try:
-        doc = json.loads(path.read_bytes())
+        doc = safefile.load_json(path, MAX_MANIFEST_SIZE, root)
     except (OSError, ValueError) as e:
         raise StoreError(f"{path} is unreadable or damaged: {e}") from None
     if not (isinstance(doc, list) and len(doc) == 1
@@ -170,8 +224,10 @@ def single_manifest(path: Path) -> dict:
     return doc[0]
 
 
-def single_repo_tags(path: Path) -> list[str]:
-    tags = single_manifest(path).get("RepoTags") or []
+def single_repo_tags(path: Path, root: Path | None = None) -> list[str]:
+    tags = single_manifest(path, root).get("RepoTags") or []
+    if not isinstance(tags, list):
+        raise StoreError(f"{path} has a RepoTags that is not a list")
     return [t for t in tags if isinstance(t, str)]
 
 
@@ -181,7 +237,8 @@ def _identity(path: Path) -> tuple[int, ...] | None:
         st = os.stat(path)
     except OSError:
         return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+            st.st_mode)
 
 
 def candidates(repository: str) -> list[str]:

@@ -1,5 +1,6 @@
 """Drawing download progress on a terminal; used only by the CLI."""
 
+import re
 import threading
 import time
 from typing import Callable, TextIO
@@ -12,6 +13,21 @@ _REDRAW_EVERY = 0.1
 _BAR_WIDTH = 24
 # Beyond this many layers only the active ones get a line of their own.
 _MAX_LINES = 12
+# C0 and C1 controls and DEL: in a name read from a file, an escape
+# sequence could clear the screen, rewrite lines or retitle the window.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str, keep_newlines: bool = False) -> str:
+    """text with every control character shown as '?'.
+
+    For anything printed that came from input: names in a directory's
+    files, a registry's answers, the paths a user typed.
+    """
+    if keep_newlines:
+        return "\n".join(_CONTROL_RE.sub("?", line)
+                         for line in text.split("\n"))
+    return _CONTROL_RE.sub("?", text)
 
 
 class _LayerState:

@@ -188,13 +188,26 @@ def test_single_platform_image_of_another_platform(registry, repo, tmp_path):
 @pytest.mark.parametrize("registry_name, image, tag, complaint", [
     ("127.0.0.1:1", "app", "v1", "cannot reach"),
     ("nosuchhost.invalid", "app", "v1", "cannot resolve registry host"),
-    ("{registry}", "Bad/Name", "v1", "invalid image name"),
-    ("{registry}", "app", "bad tag", "invalid tag"),
-    ("{registry}", "app", "sha256:1234", "invalid digest"),
 ])
 def test_bad_input(registry, tmp_path, registry_name, image, tag, complaint):
     _fails(tmp_path, registry_name.format(registry=registry.host), image, tag,
            complaint=complaint)
+
+
+@pytest.mark.parametrize("image, tag, complaint", [
+    ("Bad/Name", "v1", "invalid image name"),
+    ("app", "bad tag", "invalid tag"),
+    ("app", "sha256:1234", "invalid digest"),
+])
+def test_malformed_names_are_a_wrong_command_line(registry, tmp_path, image,
+                                                  tag, complaint):
+    out = tmp_path / "out" / "image.tar"
+    out.parent.mkdir()
+    result = occystrap("fetch-to-tarfile", registry.host, image, tag,
+                       str(out))
+    assert result.exit_code == 2, result.output
+    assert complaint in result.stderr
+    assert list(out.parent.iterdir()) == []
 
 
 def test_verbose_shows_traceback(registry, tmp_path):

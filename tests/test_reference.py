@@ -124,3 +124,43 @@ def test_parse_name(text, host, repository, tag, digest, repo_tag, full_name):
 def test_parse_name_rejects(text):
     with pytest.raises(InvalidReference, match="invalid image reference"):
         ImageReference.parse_name(text)
+
+
+# A final newline: '$' would let each of these through, and the tag would
+# become part of a file name in a shared directory.
+@pytest.mark.parametrize("registry, image, tag, complaint", [
+    ("registry-1.docker.io", "busybox", "latest\n", "invalid tag"),
+    ("registry-1.docker.io", "busybox\n", "latest", "invalid image"),
+    ("quay.io\n", "busybox", "latest", "invalid registry"),
+    ("registry-1.docker.io", "busybox", f"sha256:{HEX}\n", "invalid digest"),
+    ("host:99999", "app", "v1", "port 99999 is not between 1 and 65535"),
+    ("host:65536", "app", "v1", "port 65536 is not between 1 and 65535"),
+    ("host:0", "app", "v1", "port 0 is not between 1 and 65535"),
+    ("[:::::]", "app", "v1", r"\[:::::\] is not an IPv6 address"),
+    ("a" * 300 + ".example.com", "app", "v1", "invalid registry"),
+    ("a" * 64 + ".example.com", "app", "v1", "invalid registry"),
+    (".".join(["a" * 60] * 5), "app", "v1", "at most 253 characters"),
+])
+def test_rejects_what_a_loose_pattern_let_through(registry, image, tag,
+                                                  complaint):
+    with pytest.raises(InvalidReference, match=complaint):
+        ImageReference.parse(registry, image, tag)
+
+
+@pytest.mark.parametrize("host", [
+    "host:1", "host:65535", "[::1]", "[2001:db8::1]:443", "a" * 63 + ".io",
+    ".".join(["a" * 60] * 4),
+])
+def test_accepts_the_edges(host):
+    assert Registry.parse(host).host == host.lower()
+
+
+@pytest.mark.parametrize("registry", [
+    "http://user:s3cret@host:5000", "https://s3cret@host", "user:s3cret@host",
+])
+def test_a_password_in_the_registry_is_never_repeated(registry):
+    with pytest.raises(InvalidReference) as caught:
+        Registry.parse(registry)
+    message = str(caught.value)
+    assert "s3cret" not in message
+    assert "***@host" in message and "--password-stdin" in message

@@ -4,15 +4,14 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from occystrap import dockersave
+from occystrap import dockersave, safefile
 from occystrap.digest import Digest, Hasher, verify
 from occystrap.errors import ManifestError, StoreError, VerificationError
-from occystrap.fsutil import file_chunks
 from occystrap.image import Image, Layer
 from occystrap.manifest import MAX_CONFIG_SIZE, parse_config
 from occystrap.store import Store, single_manifest
 
-_CONFIG_NAME = re.compile(r"^([a-f0-9]{64})\.json$")
+_CONFIG_NAME = re.compile(r"^([a-f0-9]{64})\.json\Z")
 
 
 class DirectoryInput:
@@ -23,16 +22,15 @@ class DirectoryInput:
 
     def resolve(self) -> Image:
         manifest = self._store.manifest_for(self._repository, self._tag)
-        entry = single_manifest(manifest)
+        entry = single_manifest(manifest, self._store.root)
         match = _CONFIG_NAME.match(str(entry.get("Config")))
         if not match:
             raise StoreError(f"{manifest} names no valid config file")
         digest = Digest("sha256", match.group(1))
         config_path = self._store.config_file(digest)
         try:
-            if config_path.stat().st_size > MAX_CONFIG_SIZE:
-                raise StoreError(f"{config_path} is too large to be a config")
-            config_bytes = config_path.read_bytes()
+            config_bytes = safefile.read_capped(config_path, MAX_CONFIG_SIZE,
+                                                self._store.root)
         except OSError as e:
             raise StoreError(
                 f"config {config_path} is missing or unreadable "
@@ -51,7 +49,9 @@ class DirectoryInput:
         return Image(
             repository=self._repository,
             tag=self._tag,
-            repo_tag=tags[0] if tags and isinstance(tags[0], str) else None,
+            # The store checked that the names mean what was asked for.
+            repo_tag=tags[0] if isinstance(tags, list) and tags
+            and isinstance(tags[0], str) else None,
             platform=config.platform,
             config=config_bytes,
             config_digest=digest,
@@ -62,10 +62,17 @@ class DirectoryInput:
         # Layers here are uncompressed tars: there is no blob to resume.
         assert have is None
         path = self._store.layer_tar(layer.diff_id)
-        if not path.is_file():
+        try:
+            chunks = safefile.chunks(path, self._store.root)
+        except FileNotFoundError:
             raise StoreError(
-                f"{self.describe(layer)} is missing; fetch the image again")
-        return file_chunks(path)
+                f"{self.describe(layer)} is missing; fetch the image again") \
+                from None
+        except OSError as e:
+            raise StoreError(
+                f"cannot read {self.describe(layer)}: {e.strerror}; check "
+                "its permissions") from None
+        return _read_errors(chunks, self.describe(layer))
 
     def describe(self, layer: Layer) -> str:
         return (f"layer {layer.index + 1} "
@@ -76,3 +83,10 @@ class DirectoryInput:
             return self._store.layer_tar(layer.diff_id).stat().st_size
         except OSError:
             return None
+
+
+def _read_errors(chunks: Iterator[bytes], what: str) -> Iterator[bytes]:
+    try:
+        yield from chunks
+    except OSError as e:
+        raise StoreError(f"cannot read {what}: {e.strerror}") from None

@@ -7,9 +7,8 @@ same images, since it is what `docker load` reads instead.
 """
 
 import dataclasses
-import json
 
-from occystrap import layout
+from occystrap import layout, safefile
 from occystrap.digest import Digest
 from occystrap.errors import ManifestError
 from occystrap.inputs.offline import (
@@ -53,7 +52,7 @@ def _check_layout_file(reader: Reader) -> None:
     if data is None:
         return
     try:
-        version = json.loads(data).get("imageLayoutVersion")
+        version = safefile.loads(data).get("imageLayoutVersion")
     except (ValueError, UnicodeDecodeError, AttributeError):
         version = None
     if not isinstance(version, str):
@@ -136,7 +135,7 @@ def _mark_attached(reader: Reader, descriptor: Descriptor) -> None:
         return
     reader.used.add(path)
     try:
-        doc = json.loads(reader.files.read(path, MAX_MANIFEST_SIZE))
+        doc = safefile.loads(reader.files.read(path, MAX_MANIFEST_SIZE))
         parts = [doc.get("config")] + list(doc.get("layers") or [])
         reader.used.update(layout.blob_path(Descriptor.parse(p, "").digest)
                            for p in parts if p)
@@ -188,7 +187,7 @@ def _docker_side(reader: Reader, images: list[SourceImage],
     if data is None:
         return images
     try:
-        entries = json.loads(data)
+        entries = safefile.loads(data)
         assert isinstance(entries, list)
         assert all(isinstance(e, dict) for e in entries)
     except (ValueError, UnicodeDecodeError, AssertionError):

@@ -9,12 +9,11 @@ directory or a tar (`Files`); the format readers turn them into
 """
 
 import dataclasses
-import json
 import os
-import stat
 from pathlib import Path
 from typing import BinaryIO, Iterator, Protocol
 
+from occystrap import safefile
 from occystrap.digest import Digest
 from occystrap.errors import ManifestError, StoreError
 from occystrap.manifest import (
@@ -194,15 +193,14 @@ class DirectoryFiles:
         neither hang nor read forever."""
         path = self._path(name)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = safefile.open_regular(path, self.root)
         except (FileNotFoundError, NotADirectoryError):
             raise FileMissing(f"{name} is missing") from None
         except OSError as e:
             raise StoreError(f"{name} is unreadable: {e.strerror}") from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise StoreError(f"{name} is not a regular file")
-        os.set_blocking(fd, True)
+        except StoreError:
+            raise StoreError(f"{name} is not a regular file inside "
+                             f"{self.where}") from None
         return os.fdopen(fd, "rb")
 
     def truncated(self) -> dict[str, int]:
@@ -272,5 +270,5 @@ class Reader:
             self.note(path, INCONSISTENT, f"not a usable image config: {e}",
                       image)
             return None, None, None
-        created = json.loads(data).get("created")
+        created = safefile.loads(data).get("created")
         return data, config, created if isinstance(created, str) else None

@@ -17,9 +17,12 @@ from occystrap.store import candidates
 
 
 class SourceInput:
-    def __init__(self, source: Source, image: SourceImage) -> None:
+    def __init__(self, source: Source, image: SourceImage,
+                 name: str | None = None) -> None:
         self._source = source
         self._image = image
+        # The name it was found by; else its first.
+        self._name = name
         self._paths: dict[int, str] = {}
 
     @classmethod
@@ -30,14 +33,18 @@ class SourceInput:
         platform, the one for `platform` if there is one."""
         images = source.images()
         wanted = {f"{name}:{tag}" for name in candidates(repository)}
-        named = [image for image in images if any(
-            n in wanted or n.endswith(tuple(f"/{w}" for w in wanted))
-            for n in image.names)]
+
+        def fits(name: str) -> bool:
+            return name in wanted \
+                or name.endswith(tuple(f"/{w}" for w in wanted))
+
+        named = [image for image in images if any(map(fits, image.names))]
         if named:
             suited = [image for image in named if platform is not None
                       and image.platform is not None
                       and platform.matches(image.platform)]
-            return cls(source, (suited or named)[0])
+            found = (suited or named)[0]
+            return cls(source, found, next(filter(fits, found.names)))
         held = ", ".join(i.label for i in images) or "nothing"
         raise StoreError(f"{repository}:{tag} is not in {source.path}; it "
                          f"holds {held}")
@@ -56,7 +63,7 @@ class SourceInput:
                                     digest, stored.size or 0)
             layers.append(Layer(index, stored.diff_id, descriptor))
             self._paths[index] = stored.path
-        name = image.names[0] if image.names else None
+        name = self._name or (image.names[0] if image.names else None)
         repository, _, tag = (name or "").rpartition(":")
         return Image(
             repository=repository or str(image.config_digest),
@@ -84,6 +91,12 @@ class SourceInput:
                 if not chunk:
                     continue
             hasher.update(chunk)
+            # Stop at the first byte too many: a layer grown into a huge
+            # (maybe sparse) file is not copied whole before the check.
+            if descriptor.size and hasher.size > descriptor.size:
+                raise VerificationError(
+                    f"{what} holds more than the {descriptor.size} bytes "
+                    "its manifest gives; the source is damaged")
             yield chunk
         if descriptor.size and hasher.size != descriptor.size:
             raise VerificationError(

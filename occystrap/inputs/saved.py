@@ -7,19 +7,18 @@ tars, so the stored bytes must hash to the config's diff_id.
 """
 
 import dataclasses
-import json
 import re
 
-from occystrap import dockersave, layout, store
+from occystrap import dockersave, layout, safefile, store
 from occystrap.digest import Digest
 from occystrap.errors import OccystrapError
 from occystrap.inputs.offline import (
     INCONSISTENT, MISSING, Reader, SourceImage, StoredLayer, safe_name)
 from occystrap.manifest import MAX_MANIFEST_SIZE, PLAIN_LAYER_TYPES
 
-_CONFIG_NAME = re.compile(r"^([a-f0-9]{64})\.json$")
+_CONFIG_NAME = re.compile(r"^([a-f0-9]{64})\.json\Z")
 # Legacy v1 layer metadata; skopeo writes it in directories of its own.
-_LEGACY = re.compile(r"^[a-f0-9]{64}/(VERSION|json)$")
+_LEGACY = re.compile(r"^[a-f0-9]{64}/(VERSION|json)\Z")
 _LAYER_TYPE = PLAIN_LAYER_TYPES[0]
 
 
@@ -36,7 +35,7 @@ def scan_shared(reader: Reader) -> list[SourceImage]:
     if data is None:
         return []
     try:
-        catalog = json.loads(data)
+        catalog = safefile.loads(data)
         entries = [(repo, tag, name) for repo, tags in catalog.items()
                    for tag, name in tags.items()]
     except (ValueError, UnicodeDecodeError, AttributeError):
@@ -77,7 +76,7 @@ def scan_manifest_file(reader: Reader, name: str,
     if data is None:
         return []
     try:
-        entries = json.loads(data)
+        entries = safefile.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         reader.note(name, INCONSISTENT, f"not valid JSON ({e})", label)
         return []

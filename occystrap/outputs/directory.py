@@ -6,19 +6,24 @@ own name, and stores a layer they have in common once, by content.
 """
 
 import os
+import re
 import shutil
-import tempfile
+import stat
 from pathlib import Path
 from typing import Iterator
 
-from occystrap import dockersave
-from occystrap.errors import OutputError
+from occystrap import dockersave, safefile
+from occystrap.errors import OutputError, StoreError
 from occystrap.fsutil import (
-    current_umask, output_errors, temp_path, write_atomic)
+    claim_temp, claim_temp_dir, create_lock, current_umask, output_errors,
+    sweep_stale, write_atomic)
 from occystrap.image import Flow, Image, Layer
 from occystrap.outputs.expand import Expander
 from occystrap.store import (
     LOCK, Store, single_manifest, single_repo_tags)
+
+_LAYER_DIR = re.compile(r"[a-f0-9]{64}\Z")
+_CONFIG_TEMP = re.compile(r"\.[a-f0-9]{64}\.json\.")
 
 
 class DirectoryWriter:
@@ -32,6 +37,10 @@ class DirectoryWriter:
         self._expand = expand
         self._expander: Expander | None = None
         self._staging: Path | None = None
+        # Locked while this run lives, so no other run takes it for stale.
+        self._staging_fd = -1
+        # Staged inside an existing empty directory, rather than beside it.
+        self._staged_inside = False
         self._created = False
         # An existing empty directory, filled in place: on failure, emptied.
         self._was_empty = False
@@ -58,9 +67,12 @@ class DirectoryWriter:
             return
         if not path.exists():
             # A single image appears whole or not at all.
-            self._staging = Path(tempfile.mkdtemp(
-                prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+            sweep_stale(path.parent, f".{path.name}.")
+            self._stage(path)
             return
+        # What a killed run left: a staging directory no one holds.
+        sweep_stale(path, f".{path.name}.")
+        _sweep_store_temps(path)
         store = Store(path)
         if store.is_shared:
             raise OutputError(
@@ -70,7 +82,14 @@ class DirectoryWriter:
             raise OutputError(
                 f"{path} is not empty and is not an occystrap directory; "
                 "choose a new or empty directory")
-        self._was_empty = not any(path.iterdir())
+        if not any(path.iterdir()):
+            # Filled inside a hidden directory, moved up at the end: a run
+            # killed midway leaves the directory as empty as it found it.
+            self._stage(path / path.name)
+            self._staged_inside = True
+
+    def _stage(self, beside: Path) -> None:
+        self._staging_fd, self._staging = claim_temp_dir(beside)
 
     def _prepare_shared(self) -> None:
         path = self.path
@@ -79,6 +98,8 @@ class DirectoryWriter:
             self._created = True
         except FileExistsError:
             store = Store(path)
+            _sweep_store_temps(path)
+            self._was_empty = not any(path.iterdir())
             if any(path.iterdir()) and not store.is_shared:
                 what = ("holds a single image (written without "
                         "--use-unique-names)" if store.is_single
@@ -88,7 +109,7 @@ class DirectoryWriter:
                     f"{path} {what}; choose a new or empty directory")
         # Marks the directory as shared at once, so a concurrent fetch
         # into it recognises it before the first catalog exists.
-        (path / LOCK).touch()
+        os.close(create_lock(path / LOCK))
 
     @property
     def root(self) -> Path:
@@ -125,17 +146,20 @@ class DirectoryWriter:
         target = self._store.layer_tar(layer.diff_id)
         with output_errors(target):
             target.parent.mkdir(exist_ok=True)
+            self._check_layer_dir(target.parent)
             # Even a layer that fails leaves its directory: abort removes it.
             self._layer_dirs.append(target.parent)
-            temp = temp_path(target)
+            fd, temp = claim_temp(target)
             self._temps.add(temp)
             try:
+                # fd only holds the lock; the bytes go through a file.
                 with open(temp, "wb") as f:
                     for chunk in chunks:
                         f.write(chunk)
-                os.chmod(temp, 0o644 & ~current_umask())
+                os.fchmod(fd, 0o644 & ~current_umask())
                 # Only verified content (the iterator checks it before it
-                # ends) ever takes the final name.
+                # ends) ever takes the final name; still locked, so no
+                # other run's sweep can take it for stale before.
                 os.replace(temp, target)
                 self._written.append(target)
                 self._store.layer_verified(layer.diff_id)
@@ -143,6 +167,7 @@ class DirectoryWriter:
                 temp.unlink(missing_ok=True)
                 raise
             finally:
+                os.close(fd)
                 self._temps.discard(temp)
             version = target.parent / "VERSION"
             if not version.exists():
@@ -165,8 +190,10 @@ class DirectoryWriter:
                 # unpacked fails the whole fetch.
                 self._expander.wait()
             if self._shared:
-                name = self._store.add_image(image.repository, image.tag,
-                                             dockersave.manifest_json(image))
+                name = self._store.add_image(
+                    image.repository, image.tag,
+                    dockersave.manifest_json(image),
+                    tuple(layer.diff_id for layer in image.layers))
                 if self._expander:
                     self._expander.place(root / name.removesuffix(".json"))
                 return
@@ -179,12 +206,37 @@ class DirectoryWriter:
             write_atomic(root / dockersave.MANIFEST,
                          dockersave.manifest_json(image))
 
+    def _check_layer_dir(self, directory: Path) -> None:
+        """A layer directory replaced by a link must not take the layer
+        out of DIR (nor anything else there be written through it)."""
+        info = os.lstat(directory)
+        if not stat.S_ISDIR(info.st_mode) \
+                or not safefile.inside(directory, self.root):
+            raise StoreError(
+                f"{directory} is not a directory but a link or a file: "
+                f"{self.path} has been tampered with; remove {directory} "
+                "and fetch again")
+
     def close(self) -> None:
         if self._staging:
             with output_errors(self.path):
-                os.chmod(self._staging, 0o777 & ~current_umask())
-                os.rename(self._staging, self.path)
+                if self._staged_inside:
+                    self._move_up(self._staging)
+                else:
+                    os.chmod(self._staging, 0o777 & ~current_umask())
+                    os.rename(self._staging, self.path)
             self._staging = None
+            os.close(self._staging_fd)
+            self._staging_fd = -1
+
+    def _move_up(self, staging: Path) -> None:
+        """Move what was staged inside the directory up into it, the
+        manifest last: until then the directory is not an image."""
+        names = sorted(os.listdir(staging),
+                       key=lambda name: name == dockersave.MANIFEST)
+        for name in names:
+            os.rename(staging / name, self.path / name)
+        staging.rmdir()
 
     def abort(self) -> None:
         if self._expander:
@@ -192,23 +244,61 @@ class DirectoryWriter:
         if self._staging:
             shutil.rmtree(self._staging, ignore_errors=True)
             self._staging = None
+            os.close(self._staging_fd)
+            self._staging_fd = -1
             return
         # Layers cut short (Ctrl-C may not wait for their threads) leave
         # neither a temporary file nor an empty layer directory.
         for temp in list(self._temps):
             temp.unlink(missing_ok=True)
-        if self._created or self._was_empty:
-            # Leave no trace in the directory we made, but spare whatever a
-            # concurrent fetch into it may have written meanwhile.
-            for layer in self._written:
-                for path in (layer, layer.parent / "VERSION"):
-                    path.unlink(missing_ok=True)
+        if (self._created or self._was_empty) and self._written:
+            # Leave no trace in a directory that was new or empty. (In a
+            # store that held images, downloaded layers are kept for the
+            # next attempt.)
+            self._remove_unused_layers()
         for directory in self._layer_dirs:
             _rmdir_if_empty(directory)
         if self._created \
                 and [p.name for p in self.path.iterdir()] == [LOCK]:
             (self.path / LOCK).unlink(missing_ok=True)
             _rmdir_if_empty(self.path)
+
+    def _remove_unused_layers(self) -> None:
+        """Remove the layers this run wrote that no catalogued image uses.
+
+        Another run may have found one of them here and catalogued an
+        image using it meanwhile (or an earlier image of this run did):
+        those stay. Decided under the lock that cataloguing takes, so no
+        image is catalogued with a layer removed under it.
+        """
+        try:
+            with self._store.locked():
+                used = self._store.used_layers()
+                for layer in self._written:
+                    if layer.parent.name not in used:
+                        for path in (layer, layer.parent / "VERSION",
+                                     layer.parent / "json"):
+                            path.unlink(missing_ok=True)
+        except (OSError, StoreError):
+            # A catalog that cannot be read: keep every layer rather than
+            # guess which are unused.
+            pass
+
+
+def _sweep_store_temps(root: Path) -> None:
+    """Files half-written by runs that were killed: layers and their
+    legacy files, configs, manifests, the catalog. (Not --expand's trees,
+    which carry no lock to tell a live one.)"""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return
+    configs = {name[:71] for name in names if _CONFIG_TEMP.match(name)}
+    sweep_stale(root, ".catalog.json.", ".manifest", ".repositories.",
+                *configs)
+    for name in names:
+        if _LAYER_DIR.match(name):
+            sweep_stale(root / name, ".layer.tar.", ".VERSION.", ".json.")
 
 
 def _rmdir_if_empty(path: Path) -> None:

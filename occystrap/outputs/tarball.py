@@ -13,12 +13,19 @@ a tarball takes the shape Docker 25+ gives `docker save`: layers and the
 config under `blobs/sha256/`, an OCI manifest of the uncompressed layers,
 and an `oci-layout` and `index.json` that name it REPO@sha256:… (which
 containerd reads instead of manifest.json; docker still reads the latter).
+
+A TARFILE that is not a regular file (`-` for standard output,
+/dev/stdout, a FIFO, a tape) cannot take regions out of order, nor be
+replaced by a rename: the tarball is built in an anonymous temporary file
+(in TMPDIR, gone however the process ends) and streamed out once complete.
 """
 
 import contextlib
 import dataclasses
 import json
 import os
+import re
+import stat
 import tarfile
 import tempfile
 import threading
@@ -28,7 +35,8 @@ from typing import Final, Iterator
 from occystrap import dockersave, layout
 from occystrap.digest import Digest
 from occystrap.errors import OutputError
-from occystrap.fsutil import current_umask, output_errors
+from occystrap.fsutil import (
+    claim_temp, current_umask, output_errors, sweep_stale)
 from occystrap.image import Flow, Image, Layer
 from occystrap.manifest import OCI_MANIFEST, Descriptor
 
@@ -41,6 +49,11 @@ _MIN_HINT = 2 * _BLOCK
 _COPY_CHUNK = 1 << 20
 _OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 _OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+STDOUT = "-"
+# Names of an already open descriptor: writing there must not reopen it
+# (a fresh open of a redirected file starts again at its first byte).
+_FD_PATH = re.compile(r"/(?:dev/fd|proc/self/fd|proc/\d+/fd)/(\d+)\Z")
+_STD_NAMES = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,9 +87,22 @@ class TarballWriter:
         self._oci: bool | None = None
         self._sizes: dict[Digest, int] = {}
         self._entries: list[layout.Entry] = []
+        # Streaming to a non-regular TARFILE: how to reach it at the end.
+        self._stream: _Stream | None = None
 
     def open(self) -> None:
+        with output_errors(self.path):
+            self._open()
+
+    def _open(self) -> None:
         path = self.path
+        self._stream = _stream_for(path)
+        if self._stream is not None:
+            # Unlinked at once: nothing to clean up, even after SIGKILL.
+            with tempfile.TemporaryFile(prefix=".occystrap-") as f:
+                self._fd = os.dup(f.fileno())
+            self._closed = False
+            return
         if path.is_dir():
             raise OutputError(f"{path} is a directory; give a file name for "
                               "the tarball")
@@ -84,13 +110,13 @@ class TarballWriter:
         if not parent.is_dir():
             raise OutputError(f"cannot write {path}: directory {parent} "
                               "does not exist")
+        # What runs killed outright left; a live run holds its lock.
+        sweep_stale(parent, f".{path.name}.")
         try:
-            self._fd, temp = tempfile.mkstemp(
-                prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+            self._fd, self._temp = claim_temp(path)
         except OSError as e:
             raise OutputError(f"cannot write in {parent}: {e.strerror}") \
                 from None
-        self._temp = Path(temp)
         self._closed = False
 
     def begin(self, image: Image) -> None:
@@ -272,7 +298,7 @@ class TarballWriter:
             tuple(layer.diff_id for layer in image.layers))
 
     def close(self) -> None:
-        assert self._temp is not None, "open() comes first"
+        assert not self._closed, "open() comes first"
         with output_errors(self.path):
             if self._oci:
                 self._append_member(layout.OCI_LAYOUT, layout.layout_json())
@@ -288,12 +314,36 @@ class TarballWriter:
             if repositories:
                 self._append_member(dockersave.REPOSITORIES, repositories)
             self._pwrite(b"\0" * (2 * _BLOCK), self._end)
+            if self._stream is not None:
+                self._stream_out(self._stream, self._end + 2 * _BLOCK)
+                with self._io:
+                    self._closed = True
+                    os.close(self._fd)
+                return
+            assert self._temp is not None
             os.fsync(self._fd)
+            os.fchmod(self._fd, 0o644 & ~current_umask())
+            # Renamed while still open, and so locked: no other run's
+            # sweep can take it for stale in between.
+            os.replace(self._temp, self.path)
             with self._io:
                 self._closed = True
                 os.close(self._fd)
-            os.chmod(self._temp, 0o644 & ~current_umask())
-            os.replace(self._temp, self.path)
+
+    def _stream_out(self, stream: "_Stream", size: int) -> None:
+        """Copy the finished tarball to the stream, in order."""
+        out = stream.open()
+        try:
+            offset = 0
+            while offset < size:
+                chunk = os.pread(self._fd, min(_COPY_CHUNK, size - offset),
+                                 offset)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(out, view):]
+                offset += len(chunk)
+        finally:
+            os.close(out)
 
     def abort(self) -> None:
         with self._io:
@@ -331,6 +381,55 @@ class TarballWriter:
             self._fillers += 1
             number = self._fillers
         return _header(f".occystrap-unused-{number}", size)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stream:
+    """A TARFILE written in order: an open descriptor, or a node to open
+    (a FIFO waits there for its reader, as a shell's `>` would)."""
+
+    path: Path
+    fd: int | None = None
+
+    def open(self) -> int:
+        if self.fd is not None:
+            return os.dup(self.fd)
+        # Never O_CREAT or O_TRUNC: the node is written to, not replaced.
+        return os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+
+
+def _stream_for(path: Path) -> _Stream | None:
+    """How to write a TARFILE that is not a regular file, or None."""
+    text = str(path)
+    match = _FD_PATH.match(text)
+    fd: int | None = None
+    if text == STDOUT:
+        fd = 1
+    elif text in _STD_NAMES:
+        fd = _STD_NAMES[text]
+    elif match:
+        fd = int(match.group(1))
+    if fd is not None:
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise OutputError(f"cannot write {path}: descriptor {fd} is "
+                              "not open") from None
+        if os.isatty(fd):
+            raise OutputError(
+                f"{path} is a terminal; redirect it to a file or a pipe "
+                "(occystrap ... - > image.tar, or | docker load)")
+        return _Stream(path, fd)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    if stat.S_ISSOCK(mode):
+        raise OutputError(f"{path} is a socket; give a file, a FIFO or - "
+                          "for standard output")
+    return _Stream(path)
 
 
 def _header(name: str, size: int) -> bytes:
