@@ -5,9 +5,9 @@ them wrong often enough that the bytes themselves are the better witness.
 """
 
 import io
-import zlib
 from typing import IO, Iterable, Iterator, cast
 
+from occystrap import zlibfast
 from occystrap.errors import LayerError
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -37,7 +37,9 @@ def _plain(head: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
 
 
 def _gunzip(head: bytes, rest: Iterator[bytes], what: str) -> Iterator[bytes]:
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    # Looked up per stream, so tests can swap the library.
+    backend = zlibfast.BACKEND
+    inflater = backend.decompressobj()
     pending = head
     try:
         while True:
@@ -51,7 +53,7 @@ def _gunzip(head: bytes, rest: Iterator[bytes], what: str) -> Iterator[bytes]:
                     # Concatenated gzip members are one valid stream.
                     pending = inflater.unused_data
                     if pending:
-                        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                        inflater = backend.decompressobj()
                     continue
                 pending = inflater.unconsumed_tail
             chunk = next(rest, None)
@@ -61,7 +63,7 @@ def _gunzip(head: bytes, rest: Iterator[bytes], what: str) -> Iterator[bytes]:
         tail = inflater.flush()
         if tail:
             yield tail
-    except zlib.error as e:
+    except backend.error as e:
         raise LayerError(f"{what} is not valid gzip data: {e}") from None
     if not inflater.eof:
         raise LayerError(f"{what} is truncated: the gzip stream ends early")
