@@ -284,7 +284,7 @@ def compare_expand(registry, occystrap, options) -> dict | None:
             "occystrap --expand": ours_expand,
             "skopeo copy oci: + umoci unpack": peer_expand,
         }, options.runs)
-        print("  (--expand unpacks in two worker processes; peak RSS is the largest one)")
+        print("  (--expand unpacks in a worker process; peak RSS is the larger of the two)")
     shutil.rmtree(unpack, ignore_errors=True)
     return result
 
