@@ -12,6 +12,13 @@ VERSION = re.search(
         encoding="utf-8"),
     re.MULTILINE).group(1)
 
+ZSTD = "zstandard>=0.18"
+# ISA-L first, where it has wheels; zlib-ng (nearly as fast to inflate)
+# elsewhere, so that installing the extra never needs a compiler.
+_ISAL_MACHINES = "x86_64 AMD64 aarch64 arm64"
+FAST = [f"isal>=1.0; platform_machine in '{_ISAL_MACHINES}'",
+        f"zlib-ng>=0.4; platform_machine not in '{_ISAL_MACHINES}'"]
+
 setup(
     name="occystrap",
     version=VERSION,
@@ -24,10 +31,14 @@ setup(
     python_requires=">=3.10",
     install_requires=["click>=8.0", "requests>=2.25"],
     extras_require={
-        "zstd": ["zstandard>=0.18"],
+        "zstd": [ZSTD],
+        # Without it gzip goes through zlib (occystrap/zlibfast.py).
+        "fast": FAST,
+        "all": [ZSTD, *FAST],
         # bcrypt: htpasswd files for the registry; cryptography: the test
         # CA and the token service's signed JWTs.
-        "test": ["pytest>=7", "zstandard>=0.18", "bcrypt>=3.1",
+        # The tests check every gzip library the extra may bring.
+        "test": ["pytest>=7", ZSTD, "isal>=1.0", "zlib-ng>=0.4", "bcrypt>=3.1",
                  "cryptography>=3.1"],
     },
     entry_points={"console_scripts": ["occystrap=occystrap.cli:main"]},

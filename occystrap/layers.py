@@ -125,7 +125,8 @@ def extract_layer(fileobj: BinaryIO, dest: Path) -> LayerStats:
     an upstream hashing reader sees every byte. dest is created if missing.
     Raises LayerError for a broken or malicious layer.
     """
-    return _Unpacker(dest, apply_whiteouts=False).run(fileobj)
+    (stats,) = _unpack(fileobj, [_Unpacker(dest, apply_whiteouts=False)])
+    return stats
 
 
 def apply_layer(fileobj: BinaryIO, root: Path) -> LayerStats:
@@ -136,7 +137,89 @@ def apply_layer(fileobj: BinaryIO, root: Path) -> LayerStats:
     created if missing. Raises LayerError for a broken or malicious layer,
     after which the state of root is undefined (as with umoci).
     """
-    return _Unpacker(root, apply_whiteouts=True).run(fileobj)
+    (stats,) = _unpack(fileobj, [_Unpacker(root, apply_whiteouts=True)])
+    return stats
+
+
+def extract_and_apply(fileobj: BinaryIO, dest: Path,
+                      root: Path) -> tuple[LayerStats, LayerStats]:
+    """extract_layer into dest and apply_layer onto root, in one pass.
+
+    The tar is parsed once and each file's content read once, written to
+    both trees; each tree follows its own rules exactly as the two functions
+    alone would. Raises LayerError as they do; on error both are undefined.
+    """
+    extracted, applied = _unpack(fileobj, [
+        _Unpacker(dest, apply_whiteouts=False),
+        _Unpacker(root, apply_whiteouts=True)])
+    return extracted, applied
+
+
+def _unpack(fileobj: BinaryIO,
+            unpackers: list[_Unpacker]) -> list[LayerStats]:
+    """Drive unpackers through one reading of a layer tar."""
+    try:
+        # Opening already reads the first header, hence outside the `with`.
+        archive = tarfile.open(
+            fileobj=fileobj, mode="r|", encoding="utf-8",
+            errors="surrogateescape", tarinfo=_TarInfo)
+    except tarfile.TarError as err:
+        raise LayerError(
+            f"layer is not a valid tar stream: {err}") from err
+    buffer = bytearray(_CHUNK)   # one copy buffer for every file
+    with archive:
+        while True:
+            try:
+                member = archive.next()
+            except (tarfile.TarError, UnicodeError) as err:
+                raise LayerError(
+                    "layer tar stream is damaged or truncated: "
+                    f"{err}") from err
+            if member is None:
+                if getattr(archive, _TRUNCATED, False):
+                    raise LayerError("layer tar stream is truncated: "
+                                     "it ends inside a header")
+                break
+            # A stream is never revisited: dropping parsed headers keeps
+            # memory flat however many entries the layer has.
+            # (TarFile.members is undocumented, hence not in typeshed.)
+            archive.members.clear()  # type: ignore[attr-defined]
+            _member(archive, member, unpackers, buffer)
+        for unpacker in unpackers:
+            unpacker.guarded(None, unpacker.finish)
+    # Read any end padding so a verifying reader upstream hashes every
+    # byte.
+    while fileobj.read(_CHUNK):
+        pass
+    return [unpacker.stats() for unpacker in unpackers]
+
+
+def _member(archive: tarfile.TarFile, member: tarfile.TarInfo,
+            unpackers: list[_Unpacker], buffer: bytearray) -> None:
+    """One tar entry into every tree; a file's content is read once."""
+    opened: list[tuple[_Unpacker, int]] = []
+    try:
+        for unpacker in unpackers:
+            fd = unpacker.guarded(member.name, unpacker.entry, member)
+            if fd is not None:
+                opened.append((unpacker, fd))
+        if not opened:
+            return  # tarfile skips unread content itself
+        source = archive.extractfile(member)
+        # Always an io.BufferedReader for a regular file: readinto is there.
+        assert isinstance(source, io.BufferedIOBase)
+        written = opened[0][0].guarded(
+            member.name, _copy, source, [fd for _, fd in opened], buffer)
+        while opened:
+            unpacker, fd = opened.pop(0)
+            try:
+                unpacker.guarded(member.name, unpacker.file_done, member, fd,
+                                 written)
+            finally:
+                os.close(fd)
+    finally:
+        for _, fd in opened:
+            os.close(fd)
 
 
 _TRUNCATED = "_occystrap_truncated"
@@ -201,49 +284,18 @@ class _Unpacker:
         # mtime.
         self._saved: dict[str, os.stat_result] = {}
         self._warned: set[object] = set()
-        self._buffer = bytearray(_CHUNK)   # one copy buffer for every file
 
     # -- driving the stream -------------------------------------------------
 
-    def run(self, fileobj: BinaryIO) -> LayerStats:
-        try:
-            # Opening already reads the first header, hence outside the `with`.
-            archive = tarfile.open(
-                fileobj=fileobj, mode="r|", encoding="utf-8",
-                errors="surrogateescape", tarinfo=_TarInfo)
-        except tarfile.TarError as err:
-            raise LayerError(
-                f"layer is not a valid tar stream: {err}") from err
-        with archive:
-            while True:
-                try:
-                    member = archive.next()
-                except (tarfile.TarError, UnicodeError) as err:
-                    raise LayerError(
-                        "layer tar stream is damaged or truncated: "
-                        f"{err}") from err
-                if member is None:
-                    if getattr(archive, _TRUNCATED, False):
-                        raise LayerError("layer tar stream is truncated: "
-                                         "it ends inside a header")
-                    break
-                # A stream is never revisited: dropping parsed headers keeps
-                # memory flat however many entries the layer has.
-                # (TarFile.members is undocumented, hence not in typeshed.)
-                archive.members.clear()  # type: ignore[attr-defined]
-                self._guarded(member.name, self._entry, archive, member)
-            self._guarded(None, self._finish)
-        # Read any end padding so a verifying reader upstream hashes every
-        # byte.
-        while fileobj.read(_CHUNK):
-            pass
+    def stats(self) -> LayerStats:
         return LayerStats(**self._counts)
 
-    def _guarded(self, name: str | None, step: Callable[..., None],
-                 *args: object) -> None:
+    def guarded(self, name: str | None, step: Callable[..., _T],
+                *args: object) -> _T:
+        """Run one step, turning OS errors into LayerErrors naming the entry."""
         failure: BaseException | None = None
         try:
-            step(*args)
+            return step(*args)
         except _SourceFailure as carried:
             failure = carried.error
         except (OSError, ValueError) as err:
@@ -251,13 +303,13 @@ class _Unpacker:
                      else "layer")
             raise LayerError(
                 f"cannot unpack {where}: {_describe(err)}") from err
-        if failure is not None:
-            # Raised outside the except block so the caller's exception arrives
-            # exactly as its stream raised it.
-            raise failure
+        # Raised outside the except block so the caller's exception arrives
+        # exactly as its stream raised it.
+        assert failure is not None
+        raise failure
 
-    def _entry(self, archive: tarfile.TarFile,
-               member: tarfile.TarInfo) -> None:
+    def entry(self, member: tarfile.TarInfo) -> int | None:
+        """Apply one entry; for a regular file, the open fd to fill."""
         self._counts["entries"] += 1
         parts = self._clean(member.name, member)
         if not parts:
@@ -269,40 +321,43 @@ class _Unpacker:
                     "root directory with a non-directory; refusing this "
                     "malicious or broken layer")
             self._directory("", member)
-            return
+            return None
         parents, name = parts[:-1], parts[-1]
         if self._apply_whiteouts:
             if any(part.startswith(WHITEOUT_PREFIX) for part in parents):
                 self._skip(member, "a whiteout marker cannot contain entries")
-                return
+                return None
             if name.startswith(WHITEOUT_PREFIX):
                 self._whiteout(parents, name, member)
-                return
+                return None
         if not (member.isreg() or member.isdir() or member.issym()
                 or member.islnk() or member.isfifo() or member.ischr()
                 or member.isblk()):
             self._skip(member, f"unsupported tar entry type {member.type!r}")
-            return
+            return None
         if (member.ischr() or member.isblk()) and not self._privileged:
             self._skip(member, "device nodes need root")
-            return
+            return None
         parent = self._resolve(parents, create=True, member=member)
         assert parent is not None
         path = _join(parent, name)
         self._touch(parent)
+        fd = None
         if member.isreg():
-            self._file(archive, member, path)
+            fd = self._create(
+                path, lambda target: os.open(target, _CREATE_FLAGS, 0o600))
         elif member.isdir():
             self._directory(path, member)
         elif member.issym():
             self._symlink(path, member)
         elif member.islnk():
             if not self._hardlink(path, member):
-                return
+                return None
         elif not self._node(path, member):
-            return
+            return None
         if self._apply_whiteouts:
             self._mark_upper(path)
+        return fd
 
     def _skip(self, member: tarfile.TarInfo, why: str) -> None:
         self._counts["skipped"] += 1
@@ -456,26 +511,18 @@ class _Unpacker:
         self._remove(path)
         return make(target)
 
-    def _file(self, archive: tarfile.TarFile, member: tarfile.TarInfo,
-              path: str) -> None:
-        source = archive.extractfile(member)
-        # Always an io.BufferedReader for a regular file: readinto is there.
-        assert isinstance(source, io.BufferedIOBase)
-        fd = self._create(
-            path, lambda target: os.open(target, _CREATE_FLAGS, 0o600))
-        try:
-            written = _copy(source, fd, self._buffer)
-            if written != member.size:
-                raise LayerError(
-                    f"layer entry {_shown(member.name)} is truncated: "
-                    f"{written} of {member.size} bytes")
-            self._own(member, fd)
-            # After chown, which clears setuid/setgid bits.
-            os.fchmod(fd, member.mode & 0o7777)
-            self._set_xattrs(member, fd)
-            os.utime(fd, ns=_times(member))
-        finally:
-            os.close(fd)
+    def file_done(self, member: tarfile.TarInfo, fd: int,
+                  written: int) -> None:
+        """Finish a file entry() opened, once its content is written."""
+        if written != member.size:
+            raise LayerError(
+                f"layer entry {_shown(member.name)} is truncated: "
+                f"{written} of {member.size} bytes")
+        self._own(member, fd)
+        # After chown, which clears setuid/setgid bits.
+        os.fchmod(fd, member.mode & 0o7777)
+        self._set_xattrs(member, fd)
+        os.utime(fd, ns=_times(member))
         self._counts["files"] += 1
         self._counts["bytes_written"] += written
 
@@ -711,7 +758,7 @@ class _Unpacker:
 
     # -- end of layer ---------------------------------------------------------
 
-    def _finish(self) -> None:
+    def finish(self) -> None:
         work: list[tuple[str, _DirMetadata]] = [
             (path, _DirMetadata(stat.S_IMODE(before.st_mode),
                                 before.st_atime_ns, before.st_mtime_ns))
@@ -740,7 +787,8 @@ class _Unpacker:
                      follow_symlinks=False)
 
 
-def _copy(source: io.BufferedIOBase, fd: int, buffer: bytearray) -> int:
+def _copy(source: io.BufferedIOBase, fds: list[int],
+          buffer: bytearray) -> int:
     view = memoryview(buffer)
     total = 0
     while True:
@@ -752,9 +800,10 @@ def _copy(source: io.BufferedIOBase, fd: int, buffer: bytearray) -> int:
             raise _SourceFailure(err) from err
         if not count:
             return total
-        done = 0
-        while done < count:
-            done += os.write(fd, view[done:count])
+        for fd in fds:
+            done = 0
+            while done < count:
+                done += os.write(fd, view[done:count])
         total += count
 
 
