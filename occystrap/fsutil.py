@@ -9,7 +9,7 @@ import shutil
 import stat
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from occystrap import safefile
 from occystrap.digest import Digest, Hasher
@@ -144,6 +144,17 @@ def file_chunks(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as f:
         while chunk := f.read(READ_CHUNK):
             yield chunk
+
+
+def skipped(chunks: Iterable[bytes], count: int) -> Iterator[bytes]:
+    """The chunks' bytes after the first `count` (a resumed read)."""
+    for chunk in chunks:
+        if count:
+            cut = min(count, len(chunk))
+            chunk, count = chunk[cut:], count - cut
+            if not chunk:
+                continue
+        yield chunk
 
 
 def file_digest(path: Path, algorithm: str = "sha256") -> Digest | None:

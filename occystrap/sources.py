@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 from occystrap import dockersave, layout, store
 from occystrap.digest import Digest
 from occystrap.errors import ManifestError, StoreError, VerificationError
+from occystrap.fsutil import skipped
 from occystrap.inputs.ocilayout import scan_layout
 from occystrap.inputs.offline import (
     DirectoryFiles, Files, Finding, Reader, SourceImage)
@@ -106,14 +107,7 @@ class Source:
                     ) -> Iterator[bytes]:
         """A bundle blob's stored bytes from `offset`, unchecked (the
         caller hashes them, or whoever receives them does)."""
-        skip = offset
-        for chunk in self.files.chunks(layout.blob_path(digest)):
-            if skip:
-                cut = min(skip, len(chunk))
-                chunk, skip = chunk[cut:], skip - cut
-                if not chunk:
-                    continue
-            yield chunk
+        return skipped(self.files.chunks(layout.blob_path(digest)), offset)
 
     def index(self, digest: Digest) -> SourceIndex:
         """The index of that digest, kept whole in a bundle."""

@@ -9,6 +9,7 @@ from typing import Iterator
 
 from occystrap.digest import Hasher, verify
 from occystrap.errors import StoreError, VerificationError
+from occystrap.fsutil import skipped
 from occystrap.image import Image, Layer
 from occystrap.inputs.offline import SourceImage
 from occystrap.manifest import PLAIN_LAYER_TYPES, Descriptor, Platform
@@ -83,13 +84,8 @@ class SourceInput:
         descriptor = layer.descriptor
         what = self.describe(layer)
         hasher = have or descriptor.digest.hasher()
-        skip = hasher.size
-        for chunk in self._source.chunks(self._paths[layer.index]):
-            if skip:
-                cut = min(skip, len(chunk))
-                chunk, skip = chunk[cut:], skip - cut
-                if not chunk:
-                    continue
+        for chunk in skipped(self._source.chunks(self._paths[layer.index]),
+                             hasher.size):
             hasher.update(chunk)
             # Stop at the first byte too many: a layer grown into a huge
             # (maybe sparse) file is not copied whole before the check.
@@ -108,14 +104,7 @@ class SourceInput:
                       ) -> Iterator[bytes]:
         """The layer's stored bytes again, from `offset`, unchecked: for a
         receiver that hashes them itself (an upload resumed mid-blob)."""
-        skip = offset
-        for chunk in self._source.chunks(self._paths[layer.index]):
-            if skip:
-                cut = min(skip, len(chunk))
-                chunk, skip = chunk[cut:], skip - cut
-                if not chunk:
-                    continue
-            yield chunk
+        return skipped(self._source.chunks(self._paths[layer.index]), offset)
 
     def describe(self, layer: Layer) -> str:
         return (f"layer {layer.index + 1} ({self._paths[layer.index]}) of "
