@@ -156,23 +156,9 @@ class TarballWriter:
             region = self._regions.get(layer.diff_id)
             if region is not None:
                 self._fill(layer, region, iter(chunks))
-                self._flush_soon(region.header_at, _BLOCK + region.size)
             else:
                 with self._tail_turn(self._tail_rank[layer.diff_id]):
-                    start = self._end
                     self._append_stream(layer, iter(chunks), b"", 0)
-                    self._flush_soon(start, self._end - start)
-
-    def _flush_soon(self, offset: int, length: int) -> None:
-        """Start writing a finished layer to disk now, in the background.
-
-        The final fsync then has little left to wait for, and a large image
-        does not crowd the page cache of a busy transfer host.
-        """
-        with self._io:
-            if not self._closed:
-                os.posix_fadvise(self._fd, offset, length,
-                                 os.POSIX_FADV_DONTNEED)
 
     def _fill(self, layer: Layer, region: _Region,
               chunks: Iterator[bytes]) -> None:
@@ -321,7 +307,11 @@ class TarballWriter:
                     os.close(self._fd)
                 return
             assert self._temp is not None
-            os.fsync(self._fd)
+            # No fsync, as docker save and skopeo's docker-archive: waiting
+            # for the disk would double the time of a fast fetch. A killed
+            # run still leaves nothing behind, and the rename keeps readers
+            # from seeing a half-written tarball; after a power cut only
+            # what the kernel had written survives (`sync` settles it).
             os.fchmod(self._fd, 0o644 & ~current_umask())
             # Renamed while still open, and so locked: no other run's
             # sweep can take it for stale in between.
