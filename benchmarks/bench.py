@@ -2,19 +2,23 @@
 
 Starts the real distribution registry in a temporary directory, pushes a
 deterministic 8-layer image (1 GiB as tar, half random and half
-compressible content) and a 2 GiB single-layer image, then runs each tool
-alternately (A B A B ...) and prints median wall time, the ratio, and peak
-RSS. Every output is loaded with podman afterwards, so speed can never come
-from skipping work. `verify` of a bundle is timed against `sha256sum -c`
-over its blobs, and `push` of the bundle into an empty registry against
-`skopeo copy dir:… docker://…`.
+compressible content), a 2 GiB single-layer image and a root filesystem
+made of this machine's own trees, then runs each tool alternately
+(A B A B ...) and prints median wall time, the ratio, and peak RSS. Every
+output is loaded or checked by another tool afterwards, so speed can never
+come from skipping work. `verify` of a bundle is timed against
+`sha256sum -c` over its blobs. Each push goes to a registry started empty
+for that run alone, so neither tool can skip or mount a blob.
 
-    python benchmarks/bench.py [--runs 3] [--keep DIR]
+    python benchmarks/bench.py [--runs 3] [--cases tarfile,bundle,...]
 """
 
 import argparse
 import concurrent.futures
+import contextlib
+import hashlib
 import io
+import json
 import multiprocessing
 import os
 import random
@@ -35,7 +39,7 @@ import imagebuild as ib  # noqa: E402
 from conftest import Podman, start_registry  # noqa: E402
 
 MIB = 1 << 20
-CASES = ("tarfile", "verify", "expand", "shared")
+CASES = ("tarfile", "bundle", "push", "pushtar", "verify", "expand", "shared")
 WORDS = [b"%x" % random.Random(7).getrandbits(40) for _ in range(4096)]
 
 
@@ -105,7 +109,7 @@ def build_images(with_big: bool, cases: set[str]) -> dict[str, ib.Image]:
     """Only the images the chosen cases use: building them takes a while."""
     images = {}
     with concurrent.futures.ProcessPoolExecutor(2) as pool:
-        if cases & {"tarfile", "verify", "shared"}:
+        if cases & {"tarfile", "bundle", "push", "pushtar", "verify", "shared"}:
             eight = pool.map(gzip_layer, [(i, 64 * MIB, 64 * MIB) for i in range(8)])
             images["8x128MiB"] = ib.make_image(list(eight))
         if with_big and "tarfile" in cases:
@@ -230,6 +234,13 @@ def run_cases(registry, occystrap, work: Path, options) -> None:
         summary.append((f"tarfile {name}", result))
         check_loads(work, ours_tar, peer_tar)
 
+    source = f"{registry.host}/bench/8x128mib:v1"
+    if "bundle" in options.cases:
+        summary.append(("bundle 8x128mib", compare_bundle(source, occystrap, out, options)))
+    if "push" in options.cases:
+        summary.append(("push bundle", compare_push_bundle(source, occystrap, work, options)))
+    if "pushtar" in options.cases:
+        summary.append(("push tarball", compare_push_tarball(source, occystrap, work, options)))
     if "verify" in options.cases:
         summary.append(("verify bundle", compare_verify(registry, occystrap, out, options)))
     if "expand" in options.cases:
@@ -309,34 +320,126 @@ def shared_directory(registry, occystrap, out: Path) -> None:
         print(f"  {line}")
 
 
-def push_bundle(bundle: Path, occystrap: list[str], work: Path, source: str,
-                options, summary: list) -> None:
-    """push of the bundle into an empty registry, against skopeo copy dir:.
+SKOPEO = ["skopeo", "--insecure-policy", "copy", "--quiet", "--src-tls-verify=false",
+          "--dest-tls-verify=false"]
 
-    Both send the stored blobs as they are. skopeo gets the same image in
-    its own dir: layout (its oci: transport skips the Docker media types a
-    bundle keeps). The registry's storage is emptied before every run, so
-    neither skips a blob the other left there.
+
+def compare_bundle(source: str, occystrap, out: Path, options) -> dict:
+    """fetch-to-bundle against skopeo copy into its own OCI layout.
+
+    Both keep the registry's blobs as they are and sync each one to disk.
     """
-    copied = work / "skopeo-dir"
-    subprocess.run(["skopeo", "--insecure-policy", "copy", "--quiet",
-                    "--src-tls-verify=false", f"docker://{source}", f"dir:{copied}"],
-                   check=True)
-    with start_registry(work / "far") as far:
-        def emptied(command: list[str]) -> list[str]:
-            shutil.rmtree(far.storage / "docker", ignore_errors=True)
-            return command
+    ours, peer = out / "bundle-occystrap", out / "bundle-skopeo"
 
-        result = compare("push bundle 8x128mib into an empty registry", {
-            "occystrap push": lambda: emptied([
-                *occystrap, "push", str(bundle), far.host]),
-            "skopeo copy dir: docker://": lambda: emptied([
-                "skopeo", "--insecure-policy", "copy", "--quiet",
-                "--dest-tls-verify=false", f"dir:{copied}",
-                f"docker://{far.host}/bench/8x128mib:v1"]),
+    def ours_command():
+        shutil.rmtree(ours, ignore_errors=True)
+        return [*occystrap, "fetch-to-bundle", source, str(ours)]
+
+    def peer_command():
+        shutil.rmtree(peer, ignore_errors=True)
+        return [*SKOPEO, f"docker://{source}", f"oci:{peer}:v1"]
+
+    result = compare("fetch-to-bundle 8x128mib", {
+        "occystrap fetch-to-bundle": ours_command,
+        "skopeo copy oci:": peer_command,
+    }, options.runs)
+    tarball = out / "bundle-occystrap.tar"
+    subprocess.run(["tar", "-cf", str(tarball), "-C", str(ours), "."], check=True)
+    check_loads(out, tarball)
+    for path in (ours, peer, tarball):
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
+    return result
+
+
+class FreshRegistries:
+    """A new, empty registry for each call; the one before is stopped."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.count = 0
+        self.running: contextlib.ExitStack | None = None
+        self.host = ""
+
+    def next(self) -> str:
+        self.stop()
+        self.count += 1
+        self.running = contextlib.ExitStack()
+        registry = self.running.enter_context(
+            start_registry(self.work / f"far{self.count}"))
+        self.host = registry.host
+        return self.host
+
+    def stop(self) -> None:
+        if self.running is not None:
+            self.running.close()
+            self.running = None
+            shutil.rmtree(self.work / f"far{self.count}", ignore_errors=True)
+
+
+def compare_push(title: str, ours: list[str], peer: list[str], work: Path,
+                 options) -> tuple[dict, str]:
+    """Time `ours REGISTRY` against `peer docker://REGISTRY/bench/8x128mib:v1`,
+    each into a registry of its own; the last of ours stays up to check."""
+    registries = FreshRegistries(work)
+    try:
+        result = compare(title, {
+            "occystrap push": lambda: [*ours, registries.next()],
+            "skopeo copy docker://": lambda: [
+                *peer, f"docker://{registries.next()}/bench/8x128mib:v1"],
         }, options.runs)
-        summary.append(("push bundle", result))
-    shutil.rmtree(copied)
+        # What ours pushed, read back and checked by skopeo.
+        registries.next()
+        host = registries.host
+        subprocess.run([*ours, host], check=True, capture_output=True)
+        copied = work / "pushed-back"
+        subprocess.run([*SKOPEO, f"docker://{host}/bench/8x128mib:v1", f"oci:{copied}:v1"],
+                       check=True)
+        raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false",
+                              f"docker://{host}/bench/8x128mib:v1"],
+                             check=True, capture_output=True).stdout
+        shutil.rmtree(copied)
+    finally:
+        registries.stop()
+    return result, "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def compare_push_bundle(source: str, occystrap, work: Path, options) -> dict:
+    """push of a bundle, byte for byte, against skopeo copy oci: docker://.
+
+    skopeo reads its own OCI layout of the same image (its oci: transport
+    skips the Docker media types a bundle keeps); both send the stored
+    blobs as they are.
+    """
+    bundle, layout = work / "push-bundle", work / "push-oci"
+    subprocess.run([*occystrap, "fetch-to-bundle", source, str(bundle)],
+                   check=True, capture_output=True)
+    subprocess.run([*SKOPEO, f"docker://{source}", f"oci:{layout}:v1"], check=True)
+    result, pushed = compare_push(
+        "push bundle 8x128mib into an empty registry",
+        [*occystrap, "push", str(bundle)], [*SKOPEO, f"oci:{layout}:v1"], work, options)
+    index = json.loads((bundle / "index.json").read_text())
+    kept = {entry["digest"] for entry in index["manifests"]}
+    print(f"  manifest digest kept: {pushed in kept} ({pushed})")
+    if pushed not in kept:
+        raise SystemExit("push changed the manifest's digest")
+    shutil.rmtree(bundle)
+    shutil.rmtree(layout)
+    return result
+
+
+def compare_push_tarball(source: str, occystrap, work: Path, options) -> dict:
+    """push of a docker-save tarball, compressing every layer, against
+    skopeo copy docker-archive: docker://."""
+    tarball = work / "push.tar"
+    subprocess.run([*occystrap, "fetch-to-tarfile", *source.rsplit(":", 1)[0].split("/", 1),
+                    source.rsplit(":", 1)[1], str(tarball)], check=True, capture_output=True)
+    result, pushed = compare_push(
+        "push docker-save tarball 8x128mib into an empty registry",
+        [*occystrap, "push", str(tarball)], [*SKOPEO, f"docker-archive:{tarball}"],
+        work, options)
+    print(f"  pushed {pushed}; read back and checked by skopeo")
+    tarball.unlink()
+    return result
 
 
 def expand_supported(occystrap: list[str]) -> bool:
