@@ -4,9 +4,9 @@ As the OCI distribution spec describes a push: a blob the registry has is
 skipped after a HEAD; one it holds in another repository is mounted; a
 small one goes up in one POST and PUT; a large one in PATCH chunks, then a
 PUT naming its digest. The source is read again from any offset
-(`reopen`), so nothing larger than one chunk is held in memory and an
-upload cut mid-chunk resumes from the offset the registry reports rather
-than from the start. Manifests go up last; the digest the registry
+(`reopen`), so nothing larger than one source chunk is held in memory
+and an upload cut mid-chunk resumes from the offset the registry reports
+rather than from the start. Manifests go up last; the digest the registry
 computes must be ours.
 
     uploader = BlobUploader(transport, chunk_size=8 << 20)
@@ -15,10 +15,9 @@ computes must be ours.
     uploader.put_manifest("team/app", "1.0", manifest, media_type)
 """
 
-import io
 import logging
 import urllib.parse
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, cast
 
 import requests
 
@@ -28,16 +27,17 @@ from occystrap.errors import (
     AccessDenied, BodyNotReplayable, RegistryError, RegistryUnreachable,
     UploadRefused, VerificationError)
 from occystrap.manifest import Descriptor
-from occystrap.transport import Transport, error_details, redact
+from occystrap.transport import Body, Transport, error_details, redact
 
 LOG = logging.getLogger(__name__)
 
-# Each PATCH carries one chunk, held in memory so it goes with a
+# Each PATCH carries one chunk, streamed from the source with a
 # Content-Length (some registries refuse chunked transfer encoding on
-# uploads). 8 MiB: over ECR's 5 MiB minimum part; one round trip per chunk
-# costs under 5% at 100 Mbit/s; a cut chunk costs at most 8 MiB again; and
-# four parallel uploads hold 32 MiB. Proxies with smaller body limits
-# answer 413, and the message says to choose a smaller chunk size.
+# uploads), so memory does not grow with the chunk size. 8 MiB: over ECR's
+# 5 MiB minimum part; one round trip per chunk costs under 5% at 100
+# Mbit/s; and a cut chunk costs at most 8 MiB again where a registry keeps
+# no part of it. Proxies with smaller body limits answer 413, and the
+# message says to choose a smaller chunk size.
 DEFAULT_CHUNK_SIZE = 8 << 20
 MIN_CHUNK_SIZE = 64 << 10
 # Quota exhaustion has no standard code; these words in an error code or
@@ -116,7 +116,8 @@ class BlobUploader:
 
     def upload_blob(self, repository: str, descriptor: Descriptor,
                     reopen: Reopen,
-                    report: Callable[[int], None] = lambda n: None) -> None:
+                    report: Callable[[int], None] = lambda n: None,
+                    prehashed: bool = False) -> None:
         """Upload one blob, whose bytes from `offset` are `reopen(offset)`.
 
         `report(n)` is told how many bytes the registry holds so far. Blobs
@@ -124,8 +125,15 @@ class BlobUploader:
         chunks. A cut chunk resumes where the registry says the upload
         stands; a session the registry forgot starts again. The bytes must
         hash to the descriptor's digest: nothing else is committed.
+
+        `prehashed`: reopen(0)'s stream was or is hashed by its maker (a
+        source that checks its digest when read to its end, a file hashed
+        as it was written), so a large blob is not hashed here again. After
+        a resume, the registry's check on the closing PUT is then the only
+        one, as the spec requires every registry to make.
         """
-        _Upload(self, repository, descriptor, reopen, report).run()
+        _Upload(self, repository, descriptor, reopen, report,
+                prehashed).run()
 
     def put_manifest(self, repository: str, reference: str, data: bytes,
                      media_type: str) -> Digest:
@@ -149,7 +157,7 @@ class BlobUploader:
 
     def _request(self, method: str, path: str, repository: str, *,
                  source: str | None = None, headers: dict | None = None,
-                 body: bytes | io.BytesIO | None = None
+                 body: Body = None
                  ) -> requests.Response:
         wanted = scope(repository, "pull,push",
                        *([(source, "pull")] if source else []))
@@ -250,13 +258,14 @@ class _Upload:
 
     def __init__(self, uploader: BlobUploader, repository: str,
                  descriptor: Descriptor, reopen: Reopen,
-                 report: Callable[[int], None]) -> None:
+                 report: Callable[[int], None], prehashed: bool) -> None:
         self.up = uploader
         self.repository = repository
         self.descriptor = descriptor
         self.reopen = reopen
         self.report = report
-        self.hashed = _Ledger()
+        self.hashed = _Ledger(off=prehashed)
+        self.location = ""
         # Failures in a row without the registry taking a byte more.
         self.failures = 0
 
@@ -311,32 +320,49 @@ class _Upload:
         self.report(len(data))
 
     def _chunked(self) -> None:
-        location = self._start()
+        self.location = self._start()
+        try:
+            offset = self._send_chunks()
+            self._verify(self.hashed.digest(self.descriptor), offset)
+            self._finish(self.location, b"")
+        except VerificationError:
+            # Bad bytes are never committed; the session is given back.
+            self.up._cancel(self.repository, self.location)
+            raise
+
+    def _send_chunks(self) -> int:
+        """PATCH every byte, resuming after breaks; the bytes sent."""
         offset = 0
-        while offset < self.descriptor.size:
+        size = self.descriptor.size
+        while offset < size:
             try:
-                for piece in _pieces(self.reopen(offset), self.up.chunk_size,
-                                     self.descriptor.size - offset):
-                    self.hashed.feed(offset, piece)
-                    location = self._patch(location, offset, piece)
-                    offset += len(piece)
+                source = _Stream(self.reopen(offset))
+                while offset < size:
+                    length = min(self.up.chunk_size, size - offset)
+                    piece = _Piece(source, offset, length, self.hashed,
+                                   self.descriptor)
+                    self.location = self._patch(self.location, offset, piece)
+                    offset += length
                     self.failures = 0
                     self.report(offset)
-                if offset != self.descriptor.size:
+                # Past the promised size, the source must end: reading on
+                # also lets a source that checks its digest at its end
+                # (a bundle's blob) do so before the closing PUT.
+                if source.more():
                     raise VerificationError(
-                        f"blob {self.descriptor.digest} ended after {offset} "
-                        f"of {self.descriptor.size} bytes; the source is "
+                        f"blob {self.descriptor.digest} is longer than the "
+                        f"{size} bytes its descriptor says; the source is "
                         "damaged or changed, and nothing was pushed under "
                         "that digest")
             except _Broken as e:
                 self._failed(str(e), e.retry_after)
-                location, at = self._status(location)
-                if at > offset + self.up.chunk_size or at > self.descriptor.size:
+                self.location, at = self._status(self.location)
+                if at > offset + self.up.chunk_size or at > size:
                     raise RegistryError(
                         f"{self.up.host} reports {at} bytes of an upload to "
                         f"{self.repository} that was sent {offset} and one "
                         "chunk; refusing to guess: push again", None,
-                        redact(location)) from None
+                        redact(self.location)) from None
                 LOG.info("upload of %s to %s broke off (%s); the registry "
                          "holds %d bytes, resuming from there",
                          self.descriptor.digest.short(), self.repository, e,
@@ -345,20 +371,18 @@ class _Upload:
                     self.failures = 0  # part of the cut chunk arrived
                 offset = at
                 self.report(offset)
-        try:
-            self._verify(self.hashed.digest(self.descriptor), offset)
-            self._finish(location, b"")
-        except VerificationError:
-            self.up._cancel(self.repository, location)
-            raise
+        return offset
 
-    def _patch(self, location: str, offset: int, piece: bytes) -> str:
+    def _patch(self, location: str, offset: int, piece: "_Piece") -> str:
         """Send one chunk; the upload's next location, or _Broken/_Gone."""
         try:
-            # A file, not bytes: the transport must not send it twice, since
-            # part of a cut chunk may have landed. It still has a length.
+            # Streamed, so never sent twice by the transport (part of a cut
+            # chunk may have landed), and with a length, since some
+            # registries refuse chunked transfer encoding on uploads.
             response = self.up._request(
-                "PATCH", location, self.repository, body=io.BytesIO(piece),
+                # Views of the source's chunks, which sockets send as is.
+                "PATCH", location, self.repository,
+                body=cast("Iterable[bytes]", piece),
                 headers={"Content-Type": "application/octet-stream",
                          "Content-Range": f"{offset}-{offset + len(piece) - 1}"})
         except BodyNotReplayable as e:
@@ -441,12 +465,12 @@ class _Ledger:
     check of the digest on the closing PUT is the only one.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, off: bool = False) -> None:
         self.hasher: Hasher | None = None
         self.upto = 0
-        self.lost = False
+        self.lost = off
 
-    def feed(self, offset: int, piece: bytes) -> None:
+    def feed(self, offset: int, piece: bytes | memoryview) -> None:
         if self.lost:
             return
         if offset > self.upto:
@@ -481,6 +505,63 @@ def _pieces(chunks: Iterable[bytes], size: int, limit: int
             return
     if buffer:
         yield bytes(buffer)
+
+
+class _Stream:
+    """A source's chunks, handed out up to a number of bytes at a time.
+
+    What is left of a chunk waits for the next PATCH as a view, so the
+    bytes are never copied: an upload holds one source chunk, whatever the
+    chunk size.
+    """
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._left = memoryview(b"")
+
+    def take(self, most: int) -> memoryview:
+        """Up to `most` bytes; empty at the end of the source."""
+        while not self._left:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return self._left
+            self._left = memoryview(chunk)
+        taken, self._left = self._left[:most], self._left[most:]
+        return taken
+
+    def more(self) -> bool:
+        """Whether the source has bytes left (reading it to its end)."""
+        return bool(self.take(1))
+
+
+class _Piece:
+    """One PATCH's body: the next `length` bytes of a stream, sent as they
+    are read, hashed on the way by the upload's ledger."""
+
+    def __init__(self, source: _Stream, offset: int, length: int,
+                 ledger: "_Ledger", descriptor: Descriptor) -> None:
+        self._source = source
+        self._offset = offset
+        self._length = length
+        self._ledger = ledger
+        self._descriptor = descriptor
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[memoryview]:
+        offset, end = self._offset, self._offset + self._length
+        while offset < end:
+            chunk = self._source.take(end - offset)
+            if not chunk:
+                raise VerificationError(
+                    f"blob {self._descriptor.digest} ended after {offset} "
+                    f"of {self._descriptor.size} bytes; the source is "
+                    "damaged or changed, and nothing was pushed under that "
+                    "digest")
+            self._ledger.feed(offset, chunk)
+            offset += len(chunk)
+            yield chunk
 
 
 def _received(header: str | None) -> int:

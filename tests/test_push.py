@@ -340,6 +340,31 @@ def test_a_cut_upload_resumes_or_starts_again_from_the_source(
         assert len(blob.content) == layer["size"]
 
 
+def test_a_damaged_bundle_blob_is_never_committed(registry, repo, far, tmp_path):
+    # The push hashes a bundle's blob once, as it reads it: the check at
+    # its end must still come before the closing PUT.
+    image = _image(81, size=4 * CHUNK)
+    registry.push_image(repo, image, "big")
+    bundle = tmp_path / "bundle"
+    _ok("fetch-to-bundle", f"{registry.host}/{repo}:big", str(bundle))
+    large = max(image.layers, key=lambda layer: layer.size)
+    blob = bundle / "blobs" / "sha256" / large.digest.split(":")[1]
+    data = bytearray(blob.read_bytes())
+    data[-100] ^= 1
+    blob.write_bytes(bytes(data))
+
+    with FaultProxy(far.url) as proxy:
+        result = occystrap("push", "--chunk-size", "64k", str(bundle), proxy.host)
+        sent = [(s.method, s.status) for s in proxy.requests(r"/blobs/uploads/.")]
+        committed = proxy.requests(urllib.parse.quote(large.digest))
+    assert_error(result, large.digest[:19], "damaged")
+    assert ("DELETE", 204) in sent
+    assert not [s for s in committed if s.method == "PUT"]
+    gone = requests.head(f"{far.url}/v2/{repo}/blobs/{large.digest}", timeout=10)
+    assert gone.status_code == 404
+    assert _get(far, repo, "big") is None
+
+
 @pytest.mark.parametrize("status,phrases", [
     (405, ["read-only or a pull-through cache"]),
     (413, ["too large", "--chunk-size"]),

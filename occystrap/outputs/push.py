@@ -27,10 +27,10 @@ import os
 import shutil
 import tempfile
 import threading
-import zlib
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
+from occystrap import zlibfast
 from occystrap.digest import Digest, Hasher
 from occystrap.errors import OutputError
 from occystrap.fsutil import output_errors
@@ -211,11 +211,14 @@ class PushWriter:
 
     def put_blob(self, repository: str, descriptor: Descriptor,
                  reopen: Callable[[int], Iterable[bytes]],
-                 counts: BlobCounts | None = None) -> str:
-        """Make the repository hold the blob: present, mounted or uploaded."""
+                 counts: BlobCounts | None = None,
+                 prehashed: bool = False) -> str:
+        """Make the repository hold the blob: present, mounted or uploaded
+        (see BlobUploader.upload_blob for `prehashed`)."""
         how = self._find(repository, descriptor.digest)
         if how is None:
-            self.uploader.upload_blob(repository, descriptor, reopen)
+            self.uploader.upload_blob(repository, descriptor, reopen,
+                                      prehashed=prehashed)
             self._holds(repository, descriptor.digest)
             how = UPLOADED
         if counts is not None:
@@ -273,7 +276,10 @@ class PushWriter:
                     "cannot be read twice; push again")
             return again(layer, offset)
 
-        self.uploader.upload_blob(self.repository, descriptor, reopen)
+        # The input's stream checks the digest when read to its end, which
+        # the upload does before its closing PUT.
+        self.uploader.upload_blob(self.repository, descriptor, reopen,
+                                  prehashed=True)
         if first:
             raise AssertionError("the uploader never read the layer")
         if not reread:
@@ -298,9 +304,10 @@ class PushWriter:
                                     hasher.size)
             with self._lock:
                 self._compressed[layer.diff_id] = descriptor
+            # Hashed as it was written: reading it back hashes it no more.
             self.put_blob(self.repository, descriptor,
                           lambda offset: _file_from(path, offset),
-                          self._counts)
+                          self._counts, prehashed=True)
         finally:
             try:
                 os.unlink(path)
@@ -328,22 +335,16 @@ def _descriptor_json(descriptor: Descriptor) -> dict:
 def _gzip_into(chunks: Iterable[bytes], f: BinaryIO, level: int) -> Hasher:
     """Compress into f, hashing the compressed bytes as they are written.
 
-    zlib's gzip wrapper writes no name and no time, so the same layer
-    compresses to the same blob every time (with the same zlib): a second
-    push finds it in the registry. zlib releases the GIL while it works,
-    so layers compress in parallel on the pipeline's threads.
+    The gzip has no name and no time, so the same layer compresses to the
+    same blob every time (with the same library): a second push finds it
+    in the registry. Compression releases the GIL, so layers compress in
+    parallel on the pipeline's threads.
     """
     hasher = Hasher()
-    deflater = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-
-    def out(data: bytes) -> None:
+    for data in zlibfast.gzip_chunks(chunks, level):
         if data:
             hasher.update(data)
             f.write(data)
-
-    for chunk in chunks:
-        out(deflater.compress(chunk))
-    out(deflater.flush())
     return hasher
 
 
