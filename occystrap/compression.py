@@ -19,6 +19,15 @@ _IN_SLICE = 256 << 10
 
 def decompress(chunks: Iterable[bytes], what: str) -> Iterator[bytes]:
     """Yield the uncompressed bytes of a gzip, zstd or plain stream."""
+    return opened(chunks, what)[0]
+
+
+def opened(chunks: Iterable[bytes], what: str
+           ) -> tuple[Iterator[bytes], bool]:
+    """The uncompressed bytes of a stream, and whether it was compressed.
+
+    Reads the stream's first bytes to tell.
+    """
     source = iter(chunks)
     head = b""
     for chunk in source:
@@ -26,10 +35,10 @@ def decompress(chunks: Iterable[bytes], what: str) -> Iterator[bytes]:
         if len(head) >= 4:
             break
     if head.startswith(_GZIP_MAGIC):
-        return _gunzip(head, source, what)
+        return _gunzip(head, source, what), True
     if head.startswith(_ZSTD_MAGIC):
-        return _unzstd(head, source, what)
-    return _plain(head, source)
+        return _unzstd(head, source, what), True
+    return _plain(head, source), False
 
 
 def _plain(head: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:

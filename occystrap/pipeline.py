@@ -16,7 +16,7 @@ import time
 from typing import Callable, Iterable, Iterator, cast
 
 from occystrap import progress
-from occystrap.compression import decompress
+from occystrap.compression import opened
 from occystrap.digest import Digest, verify
 from occystrap.errors import Cancelled, LayerError, OutputError
 from occystrap.image import (
@@ -139,17 +139,29 @@ def _copy_layer(source: ImageSource, writer: ImageWriter, layer: Layer,
     else:
         counted = _counted(source.layer_chunks(layer), layer, report, tally,
                            stop)
-        writer.write_layer(layer, layer_tar(counted, layer.diff_id, what))
+        checked = layer.descriptor.digest if layer.descriptor else None
+        writer.write_layer(layer, layer_tar(counted, layer.diff_id, what,
+                                            checked))
     tally.add(fetched=1)
     report(progress.LayerDone(layer))
 
 
-def layer_tar(stored: Iterator[bytes], diff_id: Digest,
-              what: str) -> Iterator[bytes]:
-    """A stored layer blob as its verified, uncompressed tar."""
+def layer_tar(stored: Iterator[bytes], diff_id: Digest, what: str,
+              checked: Digest | None = None) -> Iterator[bytes]:
+    """A stored layer blob as its verified, uncompressed tar.
+
+    `checked` is the digest the source checks the stored bytes against
+    before their stream ends. A plain tar's stored bytes are its content:
+    when that digest is the diff_id, hashing them again would only repeat
+    the source's check (a second 1 GiB of SHA-256 for a docker-save
+    tarball's layers).
+    """
     stored = iter(stored)
-    tar = check_tar(decompress(stored, what), what)
-    return verified_tar(_drained_on_error(tar, stored), diff_id, what)
+    content, compressed = opened(stored, what)
+    tar = _drained_on_error(check_tar(content, what), stored)
+    if not compressed and checked == diff_id:
+        return tar
+    return verified_tar(tar, diff_id, what)
 
 
 def _drained_on_error(tar: Iterator[bytes],
