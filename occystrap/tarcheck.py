@@ -16,6 +16,7 @@ import tarfile
 from typing import Iterable, Iterator
 
 from occystrap.errors import LayerError
+from occystrap.tarheader import TarInfo
 
 _BLOCK = tarfile.BLOCKSIZE
 _HEADER_ONLY = {tarfile.LNKTYPE, tarfile.SYMTYPE, tarfile.CHRTYPE,
@@ -96,7 +97,7 @@ class _Checker:
     def _parse_header(self, block: bytes) -> None:
         at = self._offset - _BLOCK
         try:
-            info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+            info = TarInfo.frombuf(block, "utf-8", "surrogateescape")
         # Undocumented, so typeshed leaves it out; present since Python 3.3.
         except tarfile.EOFHeaderError:  # type: ignore[attr-defined]
             self._ended = True  # a zero block: the end of the archive
