@@ -26,7 +26,7 @@ from layertrees import (
     MTIME, NS, ROOT, Entry, assert_same_as_umoci, chardev, crafted_layers, dir_, fifo, hard,
     PASSWD, PYTHON, inventory, make_layer, realistic_layers, reg, sym, tar_info, walk, wh)
 from occystrap.errors import LayerError
-from occystrap.layers import LayerStats, apply_layer, extract_and_apply, extract_layer
+from occystrap.layers import LayerStats, apply_layer, extract_layer
 
 NOBODY = 65534
 
@@ -915,11 +915,27 @@ def test_realistic_rootfs_matches_umoci(tmp_path: Path) -> None:
     assert (nodes["usr/bin/passwd"].mode, nodes["usr/bin/crontab"].mode) == ("4755", "2755")
 
 
-# -- one pass for both trees ------------------------------------------------------------
+# -- files and streams ----------------------------------------------------------------
+
+class _Stream(io.RawIOBase):
+    """A layer that can only be read forward, as from a hashing reader."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+        self.taken = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        count = self._data.readinto(buffer)
+        self.taken += count
+        return count
+
 
 @pytest.mark.parametrize("which", ["crafted", "realistic"])
-def test_one_pass_gives_what_the_two_functions_give(tmp_path: Path, which: str) -> None:
-    """extract_and_apply: each layer's own tree and the applied tree, as alone."""
+def test_a_stream_unpacks_as_a_file_does(tmp_path: Path, which: str) -> None:
+    """Files are read in place, streams through tarfile's buffer: same trees."""
     started = time.time_ns()
 
     def same(one: Path, other: Path) -> None:
@@ -935,43 +951,23 @@ def test_one_pass_gives_what_the_two_functions_give(tmp_path: Path, which: str) 
         blobs = [path.read_bytes() for path in realistic_layers(tmp_path / "layers")]
         blobs = [gzip.decompress(b) if b[:2] == b"\x1f\x8b" else b for b in blobs]
     for index, blob in enumerate(blobs):
-        alone = extract_layer(io.BytesIO(blob), tmp_path / "alone" / str(index))
-        applied = apply_layer(io.BytesIO(blob), tmp_path / "alone-tree")
-        both = extract_and_apply(io.BytesIO(blob), tmp_path / "both" / str(index),
-                                 tmp_path / "both-tree")
-        assert both == (alone, applied)
-        same(tmp_path / "both" / str(index), tmp_path / "alone" / str(index))
-    same(tmp_path / "both-tree", tmp_path / "alone-tree")
-    assert len(inventory(tmp_path / "both-tree")[0]) > 10
+        assert not _Stream(blob).seekable()
+        files = (extract_layer(io.BytesIO(blob), tmp_path / "file" / str(index)),
+                 apply_layer(io.BytesIO(blob), tmp_path / "file-tree"))
+        streams = (extract_layer(_Stream(blob), tmp_path / "stream" / str(index)),
+                   apply_layer(_Stream(blob), tmp_path / "stream-tree"))
+        assert streams == files
+        same(tmp_path / "stream" / str(index), tmp_path / "file" / str(index))
+    same(tmp_path / "stream-tree", tmp_path / "file-tree")
+    assert len(inventory(tmp_path / "stream-tree")[0]) > 10
 
 
-def test_one_pass_refuses_what_either_tree_refuses(tmp_path: Path) -> None:
-    # A hardlink to nothing is skipped in the layer's own tree but refused
-    # when applied; the pass as a whole fails, leaving no open files.
-    layer = make_layer(reg("a", b"x"), hard("b", "missing"))
-    before = len(os.listdir("/proc/self/fd"))
-    with pytest.raises(LayerError, match="hardlink to 'missing'"):
-        extract_and_apply(io.BytesIO(layer), tmp_path / "own", tmp_path / "tree")
-    assert len(os.listdir("/proc/self/fd")) == before
-    assert (tmp_path / "own" / "a").read_bytes() == b"x"
-
-
-def test_one_pass_reads_a_file_once_for_both_trees(tmp_path: Path) -> None:
+def test_a_stream_is_read_to_its_end(tmp_path: Path) -> None:
+    # An upstream hashing reader must see every byte, end padding included.
     data = os.urandom(3 << 20)
     layer = make_layer(dir_("d"), reg("d/big", data), wh(".wh.gone"))
-    stream = io.BytesIO(layer)
-    reads = []
-    original = stream.read
-
-    def counting(size=-1):
-        chunk = original(size)
-        reads.append(len(chunk))
-        return chunk
-
-    stream.read = counting  # type: ignore[method-assign]
-    own, applied = extract_and_apply(stream, tmp_path / "own", tmp_path / "tree")
-    assert sum(reads) == len(layer)
-    assert (tmp_path / "own" / "d" / "big").read_bytes() == data
+    stream = _Stream(layer)
+    applied = apply_layer(stream, tmp_path / "tree")
+    assert stream.taken == len(layer)
     assert (tmp_path / "tree" / "d" / "big").read_bytes() == data
-    assert (tmp_path / "own" / ".wh.gone").exists()
-    assert (own.files, applied.files, own.whiteouts, applied.whiteouts) == (2, 1, 0, 1)
+    assert (applied.files, applied.whiteouts) == (1, 1)

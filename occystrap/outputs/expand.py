@@ -4,14 +4,16 @@ final filesystem built by applying the layers in order.
 Both appear atomically (built under a hidden temporary name, then renamed),
 so a directory that is there is complete; an interrupted run leaves none.
 
-Unpacking is mostly tar parsing, Python work that threads would take turns
-at, so it runs in a worker process while layers are still downloading. Each
-layer's tar is parsed once, in order, feeding both its own directory and the
-final tree as soon as it and the layers below it are there.
+Unpacking is mostly tar parsing and file creation, Python work that threads
+would take turns at, so it runs in two worker processes while layers are
+still downloading: one unpacks each layer beside its layer.tar as soon as
+it is there, in any order; the other applies the layers to the final tree,
+in order. Each parses the tar, but the two run on two cores at once: on
+the benchmark's root filesystem that took 3.8 s as one worker parsing once.
 
-The worker is ours to the end: it reads its jobs from a pipe only this
+The workers are ours to the end: each reads its jobs from a pipe only this
 process holds, so it ends when this process does, however that ends (even
-by SIGKILL or the OOM killer), and every way out of a run waits for it.
+by SIGKILL or the OOM killer), and every way out of a run waits for both.
 """
 
 import json
@@ -27,13 +29,13 @@ import threading
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from occystrap import dockersave
 from occystrap.digest import Digest
 from occystrap.errors import LayerError, OutputError
 from occystrap.image import Image
-from occystrap.layers import apply_layer, extract_and_apply
+from occystrap.layers import apply_layer, extract_layer
 
 LOG = logging.getLogger(__name__)
 
@@ -44,28 +46,40 @@ EXPANDED_LAYER = "layer"
 _STOP_GRACE = 10.0
 
 
-def unpack_layer(layer_tar: Path, tree: Path) -> None:
-    """Apply one verified layer.tar to tree, unpacking it beside itself too.
+def unpack_beside(layer_tar: Path) -> None:
+    """Unpack a verified layer.tar into the directory beside it.
 
     A layer directory built whole earlier, from the same verified content,
-    is kept; the tar is then only applied.
+    is kept.
     """
     target = layer_tar.parent / EXPANDED_LAYER
+    if target.is_dir():
+        return
+    temp = Path(tempfile.mkdtemp(prefix=f".{EXPANDED_LAYER}.", suffix=".tmp",
+                                 dir=layer_tar.parent))
+    try:
+        with open(layer_tar, "rb") as f:
+            extract_layer(f, temp)
+        _replace_dir(temp, target)
+    finally:
+        _remove(temp)
+
+
+def apply_to_tree(layer_tar: Path, tree: Path) -> None:
+    """Apply a verified layer.tar to the tree the layers below it built."""
     with open(layer_tar, "rb") as f:
-        if target.is_dir():
-            apply_layer(f, tree)
-            return
-        temp = Path(tempfile.mkdtemp(prefix=f".{EXPANDED_LAYER}.",
-                                     suffix=".tmp", dir=layer_tar.parent))
-        try:
-            extract_and_apply(f, temp, tree)
-            _replace_dir(temp, target)
-        finally:
-            _remove(temp)
+        apply_layer(f, tree)
+
+
+# What a worker may be asked to do, by name (jobs cross a pipe).
+_JOBS: dict[str, Callable[..., None]] = {
+    "unpack": unpack_beside,
+    "apply": apply_to_tree,
+}
 
 
 class Expander:
-    """Schedules the unpacking of one image's layers in a worker process."""
+    """Schedules the unpacking of one image's layers in two worker processes."""
 
     def __init__(self, root: Path, image: Image) -> None:
         self._root = root
@@ -76,20 +90,29 @@ class Expander:
         self._tree = Path(tempfile.mkdtemp(prefix=".filesystem.",
                                            suffix=".tmp", dir=root))
         os.chmod(self._tree, 0o755)
+        self._workers: list[_Worker] = []
         try:
-            self._worker = _Worker()
+            self._unpacker = self._start()
+            self._applier = self._start()
         except BaseException:
-            _remove(self._tree)
+            self.abort()
             raise
+
+    def _start(self) -> "_Worker":
+        worker = _Worker()
+        self._workers.append(worker)
+        return worker
 
     def ready(self, diff_id: Digest) -> None:
         """The layer's verified layer.tar is in place."""
         with self._lock:
+            if diff_id not in self._ready:
+                self._unpacker.submit("unpack", self._tar(diff_id))
             self._ready.add(diff_id)
             while self._next < len(self._layers) \
                     and self._layers[self._next] in self._ready:
-                self._worker.submit(
-                    self._tar(self._layers[self._next]), self._tree)
+                self._applier.submit(
+                    "apply", self._tar(self._layers[self._next]), self._tree)
                 self._next += 1
 
     def present_except(self, pending: set[Digest]) -> None:
@@ -99,19 +122,27 @@ class Expander:
                 self.ready(diff_id)
 
     def wait(self) -> None:
-        """Wait for the worker; raise the first error it met."""
+        """Wait for the workers; raise the first error they met."""
         if self._next != len(self._layers):
-            self._worker.stop()
+            self._stop()
             raise AssertionError("wait() before every layer was ready")
-        self._worker.finish()
+        try:
+            for worker in self._workers:
+                worker.finish()
+        finally:
+            self._stop()
 
     def place(self, target: Path) -> None:
         """Put the finished tree at target, replacing an earlier one."""
         _replace_dir(self._tree, target)
 
     def abort(self) -> None:
-        self._worker.stop()
+        self._stop()
         _remove(self._tree)
+
+    def _stop(self) -> None:
+        for worker in self._workers:
+            worker.stop()
 
     def _tar(self, diff_id: Digest) -> Path:
         return self._root / dockersave.layer_path(diff_id)
@@ -230,9 +261,9 @@ def _serve(level: int) -> None:
         results.send(_run(*job))
 
 
-def _run(layer_tar: Path, tree: Path) -> BaseException | None:
+def _run(name: str, *args: Any) -> BaseException | None:
     try:
-        unpack_layer(layer_tar, tree)
+        _JOBS[name](*args)
     except Exception as error:
         # Sent back whole, so the parent reports it as if it were its own
         # (an OSError becomes its OutputError there).
