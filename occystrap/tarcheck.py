@@ -16,7 +16,7 @@ import tarfile
 from typing import Iterable, Iterator
 
 from occystrap.errors import LayerError
-from occystrap.tarheader import TarInfo
+from occystrap.tarheader import kind_and_size
 
 _BLOCK = tarfile.BLOCKSIZE
 _HEADER_ONLY = {tarfile.LNKTYPE, tarfile.SYMTYPE, tarfile.CHRTYPE,
@@ -97,7 +97,7 @@ class _Checker:
     def _parse_header(self, block: bytes) -> None:
         at = self._offset - _BLOCK
         try:
-            info = TarInfo.frombuf(block, "utf-8", "surrogateescape")
+            kind, size = kind_and_size(block)
         # Undocumented, so typeshed leaves it out; present since Python 3.3.
         except tarfile.EOFHeaderError:  # type: ignore[attr-defined]
             self._ended = True  # a zero block: the end of the archive
@@ -106,27 +106,26 @@ class _Checker:
             raise LayerError(
                 f"{self._what} is not a valid tar stream: bad header at byte "
                 f"{at} ({e})") from None
-        size = info.size
-        if info.type in (tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME,
-                         tarfile.GNUTYPE_LONGLINK, tarfile.XGLTYPE):
+        if kind in (tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+                    tarfile.GNUTYPE_LONGLINK, tarfile.XGLTYPE):
             if size > _MAX_EXTENDED:
                 raise LayerError(
                     f"{self._what} is not a valid tar stream: a "
                     f"{size}-byte extended header at byte {at}")
-            if info.type == tarfile.XHDTYPE:
+            if kind == tarfile.XHDTYPE:
                 self._extended = bytearray()
-            self._entry_due = info.type != tarfile.XGLTYPE
+            self._entry_due = kind != tarfile.XGLTYPE
         else:
             self._entry_due = False
             if self._pax_size is not None:
                 size, self._pax_size = self._pax_size, None
-            if info.type in _HEADER_ONLY:
+            if kind in _HEADER_ONLY:
                 size = 0
         if size < 0:
             raise LayerError(
                 f"{self._what} is not a valid tar stream: negative size at "
                 f"byte {at}")
-        if info.type == tarfile.GNUTYPE_SPARSE and block[482]:
+        if kind == tarfile.GNUTYPE_SPARSE and block[482]:
             self._sparse_blocks = True
         self._data = size
         self._padding = -size % _BLOCK

@@ -5,9 +5,11 @@ header's time on its checksum: it unpacks the block into 504 integers
 twice with struct, once for the unsigned sum and once for the signed one
 that a few old tars (Sun, NeXT) wrote. Here the unsigned sum is one
 C-level sum() over the bytes, and the signed sum is only made when the
-unsigned one does not match. The check of the stream and the unpacking
-of layers both read headers through this class, with tarfile's rules and
-errors otherwise unchanged.
+unsigned one does not match. Unpacking reads headers through this
+module's TarInfo, with tarfile's rules and errors otherwise unchanged; the
+check of a stream, which only steps from header to header, reads just a
+header's type and size (kind_and_size), validating the rest as tarfile
+would, and builds no TarInfo at all.
 """
 
 import struct
@@ -52,6 +54,38 @@ def _text(field: bytes, encoding: str, errors: str) -> str:
     if end != -1:
         field = field[:end]
     return field.decode(encoding, errors)
+
+
+def kind_and_size(block: bytes) -> tuple[bytes, int]:
+    """A header's type and size field, checked as frombuf checks it all.
+
+    For a reader that only steps from header to header: no TarInfo, no
+    names decoded (they cannot fail). Raises what frombuf raises.
+    """
+    if len(block) != tarfile.BLOCKSIZE:
+        raise (_EMPTY("empty header") if not block
+               else _TRUNCATED("truncated header"))
+    if block.count(_NUL) == tarfile.BLOCKSIZE:
+        raise _END("end of file header")
+    if not checksum_matches(block, number(block[148:156])):
+        raise _INVALID("bad checksum")
+    for start, end in _NUMBERS:
+        number(block[start:end])
+    kind = block[156:157]
+    if kind == tarfile.AREGTYPE:
+        name = block[0:100]
+        cut = name.find(_NUL)
+        if (name[:cut] if cut != -1 else name).endswith(b"/"):
+            kind = tarfile.DIRTYPE
+    elif kind == tarfile.GNUTYPE_SPARSE:
+        for pos in (386, 398, 410, 422, 434, 446, 458, 470, 483):
+            number(block[pos:pos + 12])
+    return kind, number(block[124:136])
+
+
+# mode, uid, gid, mtime, devmajor, devminor: frombuf reads them all.
+_NUMBERS = ((100, 108), (108, 116), (116, 124), (136, 148), (329, 337),
+            (337, 345))
 
 
 class TarInfo(tarfile.TarInfo):

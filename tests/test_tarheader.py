@@ -9,7 +9,7 @@ import tarfile
 
 import pytest
 
-from occystrap.tarheader import TarInfo, checksum_matches
+from occystrap.tarheader import TarInfo, checksum_matches, kind_and_size
 
 FIELDS = ("name", "mode", "uid", "gid", "size", "mtime", "chksum", "type", "linkname",
           "uname", "gname", "devmajor", "devminor")
@@ -48,6 +48,12 @@ def _blocks() -> list[bytes]:
     v7 = bytearray(tarfile.TarInfo("old/").tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict"))
     v7[156:157] = tarfile.AREGTYPE
     blocks.append(_resummed(v7))
+    # An old GNU sparse file, its map in the header.
+    sparse = bytearray(tarfile.TarInfo("sparse").tobuf(tarfile.GNU_FORMAT, "utf-8", "strict"))
+    sparse[156:157] = tarfile.GNUTYPE_SPARSE
+    sparse[386:398], sparse[398:410] = b"%011o\0" % 0, b"%011o\0" % 512
+    sparse[483:495] = b"%011o\0" % 4096
+    blocks.append(_resummed(sparse))
     # A header summed with signed chars, as old Sun and NeXT tars did.
     signed = bytearray(tarfile.TarInfo("süd").tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict"))
     total = 256 + sum(b - 256 if b > 127 else b for i, b in enumerate(signed)
@@ -71,6 +77,20 @@ def _read(reader: type[tarfile.TarInfo], block: bytes):
     return tuple(getattr(info, field) for field in FIELDS)
 
 
+def _peek(block: bytes):
+    """kind_and_size's answer in _read's terms: the error, or type and size."""
+    try:
+        return kind_and_size(block)
+    except tarfile.TarError as error:
+        return type(error).__name__, str(error)
+
+
+def _type_and_size(read):
+    if len(read) == 2:
+        return read
+    return read[FIELDS.index("type")], read[FIELDS.index("size")]
+
+
 BLOCKS = _blocks()
 
 
@@ -80,6 +100,7 @@ def test_a_good_header_reads_as_tarfile_reads_it(index):
     expected = _read(tarfile.TarInfo, block)
     assert isinstance(expected, tuple), expected
     assert _read(TarInfo, block) == expected
+    assert _peek(block) == _type_and_size(expected)
 
 
 def test_damaged_headers_fail_as_tarfile_fails_them():
@@ -93,6 +114,7 @@ def test_damaged_headers_fail_as_tarfile_fails_them():
             block = bytearray(_resummed(block))  # gets past the checksum
         expected = _read(tarfile.TarInfo, bytes(block))
         assert _read(TarInfo, bytes(block)) == expected
+        assert _peek(bytes(block)) == _type_and_size(expected)
         seen.add(expected[0] if isinstance(expected[0], str) and len(expected) == 2
                  else "read")
     # Both outcomes were met: the comparison covered errors and reads.
@@ -106,6 +128,7 @@ def test_damaged_headers_fail_as_tarfile_fails_them():
 ])
 def test_short_and_empty_blocks(block, error):
     assert _read(TarInfo, block)[0] == _read(tarfile.TarInfo, block)[0] == error
+    assert _peek(block)[0] == error
 
 
 def test_a_whole_archive_lists_the_same_through_tarfile():
