@@ -158,6 +158,7 @@ def _unpack(fileobj: BinaryIO,
         raise LayerError(
             f"layer is not a valid tar stream: {err}") from err
     buffer = bytearray(_CHUNK)   # one copy buffer for every file
+    in_place = _descriptor(fileobj) if seekable else None
     with archive:
         while True:
             try:
@@ -175,7 +176,7 @@ def _unpack(fileobj: BinaryIO,
             # memory flat however many entries the layer has.
             # (TarFile.members is undocumented, hence not in typeshed.)
             archive.members.clear()  # type: ignore[attr-defined]
-            _member(archive, member, unpackers, buffer)
+            _member(archive, member, unpackers, buffer, in_place)
         for unpacker in unpackers:
             unpacker.guarded(None, unpacker.finish)
     # Read any end padding so a verifying reader upstream hashes every
@@ -185,8 +186,17 @@ def _unpack(fileobj: BinaryIO,
     return [unpacker.stats() for unpacker in unpackers]
 
 
+def _descriptor(fileobj: BinaryIO) -> int | None:
+    """The descriptor of a layer that is a real file, to copy from."""
+    try:
+        return fileobj.fileno()
+    except (OSError, ValueError):   # io.UnsupportedOperation is both
+        return None
+
+
 def _member(archive: tarfile.TarFile, member: tarfile.TarInfo,
-            unpackers: list[_Unpacker], buffer: bytearray) -> None:
+            unpackers: list[_Unpacker], buffer: bytearray,
+            in_place: int | None) -> None:
     """One tar entry into every tree; a file's content is read once."""
     opened: list[tuple[_Unpacker, int]] = []
     try:
@@ -196,11 +206,19 @@ def _member(archive: tarfile.TarFile, member: tarfile.TarInfo,
                 opened.append((unpacker, fd))
         if not opened:
             return  # tarfile skips unread content itself
-        source = archive.extractfile(member)
-        # Always an io.BufferedReader for a regular file: readinto is there.
-        assert isinstance(source, io.BufferedIOBase)
-        written = opened[0][0].guarded(
-            member.name, _copy, source, [fd for _, fd in opened], buffer)
+        fds = [fd for _, fd in opened]
+        if in_place is not None and not member.issparse():
+            # Straight from the layer file, by offset: no reader objects
+            # per file, and no copy through Python.
+            written = opened[0][0].guarded(
+                member.name, _copy_range, in_place, member.offset_data,
+                member.size, fds, buffer)
+        else:
+            source = archive.extractfile(member)
+            # Always an io.BufferedReader for a regular file.
+            assert isinstance(source, io.BufferedIOBase)
+            written = opened[0][0].guarded(
+                member.name, _copy, source, fds, buffer)
         while opened:
             unpacker, fd = opened.pop(0)
             try:
@@ -776,6 +794,25 @@ class _Unpacker:
                 os.chmod(target, wanted.mode)
             os.utime(target, ns=(wanted.atime_ns, wanted.mtime_ns),
                      follow_symlinks=False)
+
+
+def _copy_range(source: int, offset: int, size: int, fds: list[int],
+                buffer: bytearray) -> int:
+    """Copy `size` bytes at `offset` of a file to every fd; the bytes
+    there (fewer when the file ends first: a truncated layer)."""
+    view = memoryview(buffer)
+    done = 0
+    while done < size:
+        count = os.preadv(source, [view[:min(len(view), size - done)]],
+                          offset + done)
+        if not count:
+            break
+        for fd in fds:
+            sent = 0
+            while sent < count:
+                sent += os.write(fd, view[sent:count])
+        done += count
+    return done
 
 
 def _copy(source: io.BufferedIOBase, fds: list[int],

@@ -935,7 +935,8 @@ class _Stream(io.RawIOBase):
 
 @pytest.mark.parametrize("which", ["crafted", "realistic"])
 def test_a_stream_unpacks_as_a_file_does(tmp_path: Path, which: str) -> None:
-    """Files are read in place, streams through tarfile's buffer: same trees."""
+    """Files are read in place, by offset; streams through tarfile's buffer:
+    the same trees."""
     started = time.time_ns()
 
     def same(one: Path, other: Path) -> None:
@@ -952,8 +953,11 @@ def test_a_stream_unpacks_as_a_file_does(tmp_path: Path, which: str) -> None:
         blobs = [gzip.decompress(b) if b[:2] == b"\x1f\x8b" else b for b in blobs]
     for index, blob in enumerate(blobs):
         assert not _Stream(blob).seekable()
-        files = (extract_layer(io.BytesIO(blob), tmp_path / "file" / str(index)),
-                 apply_layer(io.BytesIO(blob), tmp_path / "file-tree"))
+        on_disk = tmp_path / f"{index}.tar"
+        on_disk.write_bytes(blob)
+        with open(on_disk, "rb") as one, open(on_disk, "rb") as other:
+            files = (extract_layer(one, tmp_path / "file" / str(index)),
+                     apply_layer(other, tmp_path / "file-tree"))
         streams = (extract_layer(_Stream(blob), tmp_path / "stream" / str(index)),
                    apply_layer(_Stream(blob), tmp_path / "stream-tree"))
         assert streams == files
@@ -971,3 +975,16 @@ def test_a_stream_is_read_to_its_end(tmp_path: Path) -> None:
     assert stream.taken == len(layer)
     assert (tmp_path / "tree" / "d" / "big").read_bytes() == data
     assert (applied.files, applied.whiteouts) == (1, 1)
+
+
+@pytest.mark.parametrize("kind", ["file", "stream"])
+def test_a_layer_cut_inside_a_file_is_truncated(tmp_path: Path, kind: str) -> None:
+    layer = make_layer(reg("a", b"x" * 5000), reg("b", os.urandom(200_000)))
+    cut = layer[:len(layer) // 2]
+    path = tmp_path / "cut.tar"
+    path.write_bytes(cut)
+    with open(path, "rb") as f:
+        source = f if kind == "file" else _Stream(cut)
+        with pytest.raises(LayerError, match="truncated"):
+            apply_layer(source, tmp_path / "tree")
+    assert (tmp_path / "tree" / "a").read_bytes() == b"x" * 5000
