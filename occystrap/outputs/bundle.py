@@ -8,6 +8,7 @@ index.json and manifest.json change together, under the bundle's lock,
 only after every blob of an image is in place.
 """
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import fcntl
@@ -33,6 +34,8 @@ LOG = logging.getLogger(__name__)
 _READ_CHUNK = 1 << 20
 # How much of a blob is written before its writing to disk is started.
 _WRITE_BACK = 8 << 20
+# Blobs synced to disk at once, each on its own thread.
+_SETTLERS = 4
 # Times open() makes the directory again after another run removed it.
 _CLAIM_ATTEMPTS = 5
 
@@ -66,6 +69,9 @@ class BundleWriter:
         self.committed: list[Committed] = []
         self.new_blobs = 0
         self.present_bytes = 0
+        # Blobs written whole, being synced and renamed (see _settle).
+        self._settler: concurrent.futures.ThreadPoolExecutor | None = None
+        self._settling: list[concurrent.futures.Future[None]] = []
 
     # -- the destination -----------------------------------------------------
 
@@ -120,18 +126,29 @@ class BundleWriter:
             fcntl.flock(self._in_use, fcntl.LOCK_SH)
 
     def close(self) -> None:
-        self._release_all()
-        # Every image failed (--keep-going): a new bundle with nothing in
-        # it is no output.
-        self._finish()
+        try:
+            self._settled()
+        finally:
+            self._release_all()
+            # Every image failed (--keep-going): a new bundle with nothing
+            # in it is no output.
+            self._finish()
 
     def abort(self) -> None:
-        self._release_all()
-        self._finish()
+        try:
+            self._settled()
+        except Exception as e:
+            LOG.debug("while abandoning %s: %s", self.path, e)
+        finally:
+            self._release_all()
+            self._finish()
 
     def _finish(self) -> None:
         """Let go of the bundle; remove the directory if this run made it
         and nothing in it is worth keeping."""
+        if self._settler is not None:
+            self._settler.shutdown()
+            self._settler = None
         if self._in_use is not None:
             os.close(self._in_use)
             self._in_use = None
@@ -225,6 +242,7 @@ class BundleWriter:
             fd = self._claims[digest]
         partial = self.path / layout.partial_path(digest)
         target = self.path / layout.blob_path(digest)
+        settling = False
         try:
             with output_errors(partial):
                 flushed = os.lseek(fd, 0, os.SEEK_END)
@@ -246,13 +264,48 @@ class BundleWriter:
                 if not wrote and target.exists():
                     partial.unlink(missing_ok=True)
                     return
+            self._settle_soon(digest, fd, partial, target)
+            settling = True
+        finally:
+            if not settling:
+                self._release(digest)
+
+    def _settle_soon(self, digest: Digest, fd: int, partial: Path,
+                     target: Path) -> None:
+        """Sync and rename a verified blob on another thread.
+
+        The layer's thread starts its next download meanwhile, instead of
+        every thread waiting on the disk at once; commit() waits for it
+        all before an image is recorded.
+        """
+        with self._claims_lock:
+            if self._settler is None:
+                self._settler = concurrent.futures.ThreadPoolExecutor(
+                    _SETTLERS, thread_name_prefix="occystrap-settle")
+            self._settling.append(self._settler.submit(
+                self._settle, digest, fd, partial, target))
+
+    def _settle(self, digest: Digest, fd: int, partial: Path,
+                target: Path) -> None:
+        try:
+            with output_errors(partial):
                 os.fsync(fd)
                 os.chmod(partial, 0o644 & ~current_umask())
                 os.replace(partial, target)
-            self._verified.add(digest)
-            self.new_blobs += 1
+            with self._claims_lock:
+                self._verified.add(digest)
+                self.new_blobs += 1
         finally:
             self._release(digest)
+
+    def _settled(self) -> None:
+        """Wait for every blob being settled; raise the first failure."""
+        with self._claims_lock:
+            pending, self._settling = self._settling, []
+        failures = [f.exception() for f in pending]
+        for failure in failures:
+            if failure is not None:
+                raise failure
 
     def put_blob(self, descriptor: Descriptor,
                  chunks: Iterator[bytes]) -> None:
@@ -270,9 +323,11 @@ class BundleWriter:
             fd = self._claims[descriptor.digest]
         os.ftruncate(fd, 0)
         self.write_layer(layer, chunks)
+        self._settled()
 
     def commit(self, image: Image) -> None:
         assert image.manifest is not None and image.manifest_digest
+        self._settled()
         with output_errors(self.path):
             self._put_blob(image.config_digest, image.config)
             self._put_blob(image.manifest_digest, image.manifest)
