@@ -96,14 +96,23 @@ def gzip_chunks(chunks: Iterable[bytes], level: int = DEFAULT_LEVEL,
     deflater = (backend or BACKEND).compressobj(level)
     pending = bytearray()
     for chunk in chunks:
-        pending += chunk
-        if len(pending) < _DEFLATE_BLOCK:
-            continue
-        whole = len(pending) - len(pending) % _DEFLATE_BLOCK
-        with memoryview(pending) as view:
+        if pending:
+            # Top the pending block up; what is left is a new chunk.
+            taken = _DEFLATE_BLOCK - len(pending)
+            pending += chunk[:taken]
+            chunk = chunk[taken:]
+            if len(pending) < _DEFLATE_BLOCK:
+                continue
+            out = deflater.compress(pending)
+            pending.clear()
+            if out:
+                yield out
+        # Whole blocks straight from the chunk, without copying them.
+        whole = len(chunk) - len(chunk) % _DEFLATE_BLOCK
+        with memoryview(chunk) as view:
             for start in range(0, whole, _DEFLATE_BLOCK):
                 out = deflater.compress(view[start:start + _DEFLATE_BLOCK])
                 if out:
                     yield out
-        del pending[:whole]
+            pending += view[whole:]
     yield deflater.compress(pending) + deflater.flush()
