@@ -20,11 +20,8 @@ from occystrap.credentials import (
 from occystrap.errors import InvalidReference, OccystrapError
 from occystrap.humanize import human_size
 from occystrap.image import ImageWriter
-from occystrap.inputs.directory import DirectoryInput
 from occystrap.manifest import Platform
 from occystrap.options import TransportOptions
-from occystrap.outputs.directory import DirectoryWriter
-from occystrap.outputs.tarball import TarballWriter
 from occystrap.reference import ImageReference
 from occystrap.terminal import ProgressDisplay, printable
 from occystrap.tls import DEFAULT_CERTS_D
@@ -391,6 +388,7 @@ def fetch_to_tarfile(settings: Settings, registry, image, tag, tarfile):
       occystrap fetch-to-tarfile registry-1.docker.io library/busybox \\
           latest busybox.tar
     """
+    from occystrap.outputs.tarball import TarballWriter
     reference = _reference(registry, image, tag)
     _fetch(settings, reference, TarballWriter(tarfile), tarfile)
 
@@ -430,6 +428,7 @@ def fetch_to_extracted(settings: Settings, use_unique_names, expand,
       occystrap fetch-to-extracted --expand quay.io \\
           ukhomeofficedigital/centos-base latest ukhomeoffice-centos
     """
+    from occystrap.outputs.directory import DirectoryWriter
     reference = _reference(registry, image, tag)
     _fetch(settings, reference,
            DirectoryWriter(directory, shared=use_unique_names, expand=expand),
@@ -463,6 +462,8 @@ def recreate_image(settings: Settings, directory, image, tag, tarfile):
       occystrap recreate-image merged_images homeassistant/home-assistant \\
           latest ha-latest.tar
     """
+    from occystrap.inputs.directory import DirectoryInput
+    from occystrap.outputs.tarball import TarballWriter
     _check_outside(tarfile, directory)
     if not directory.is_file() and not (directory / "index.json").exists():
         _run(settings, DirectoryInput(directory, image, tag),
