@@ -11,19 +11,17 @@ the first zero block is ignored, and entries that cannot carry data
 (directories, links, devices, fifos) have none whatever their size says.
 """
 
-import re
 import tarfile
 from typing import Iterable, Iterator
 
 from occystrap.errors import LayerError
-from occystrap.tarheader import kind_and_size
+from occystrap.tarheader import kind_and_size, pax_records
 
 _BLOCK = tarfile.BLOCKSIZE
 _HEADER_ONLY = {tarfile.LNKTYPE, tarfile.SYMTYPE, tarfile.CHRTYPE,
                 tarfile.BLKTYPE, tarfile.DIRTYPE, tarfile.FIFOTYPE}
 # Extended headers are metadata; Go refuses ones above 1 MiB too.
 _MAX_EXTENDED = 1 << 20
-_PAX_SIZE_RE = re.compile(rb"(\d+) size=(\d+)\n")
 
 
 def check_tar(chunks: Iterable[bytes], what: str) -> Iterator[bytes]:
@@ -133,8 +131,15 @@ class _Checker:
             self._extended = None
 
     def _read_pax(self, records: bytes) -> None:
-        """Only the size matters here; tarfile and Go read the rest."""
-        for match in _PAX_SIZE_RE.finditer(records):
-            length, value = match.groups()
-            if int(length) == len(match.group(0)):
+        """Only the size matters here, but every record must be well
+        formed: Go refuses a layer whose are not, and tarfile would take
+        one for the end of the archive."""
+        try:
+            parsed = pax_records(records)
+        except tarfile.TarError:
+            raise LayerError(
+                f"{self._what} is not a valid tar stream: a malformed pax "
+                f"header before byte {self._offset}") from None
+        for keyword, value in parsed:
+            if keyword == b"size" and value.isdigit():
                 self._pax_size = int(value)

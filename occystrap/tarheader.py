@@ -14,6 +14,7 @@ would, and builds no TarInfo at all.
 
 import struct
 import tarfile
+from typing import Any
 
 _NUL = b"\0"
 # Undocumented, so typeshed leaves them out; present since Python 3.3.
@@ -21,6 +22,12 @@ _EMPTY = tarfile.EmptyHeaderError  # type: ignore[attr-defined]
 _TRUNCATED = tarfile.TruncatedHeaderError  # type: ignore[attr-defined]
 _END = tarfile.EOFHeaderError  # type: ignore[attr-defined]
 _INVALID = tarfile.InvalidHeaderError  # type: ignore[attr-defined]
+_SUBSEQUENT = tarfile.SubsequentHeaderError  # type: ignore[attr-defined]
+_PAX_NAME_FIELDS = tarfile.PAX_NAME_FIELDS
+_SUPPORTED_TYPES = tarfile.SUPPORTED_TYPES
+_SOLARIS_XHDTYPE = b"X"
+# A record's length: decimal digits, as many as a 64-bit size has.
+_MAX_LENGTH_DIGITS = 20
 _FIELD_SPACES = 8 * 0x20   # the checksum field counts as eight spaces
 
 
@@ -148,3 +155,99 @@ class TarInfo(tarfile.TarInfo):
         if prefix and obj.type not in tarfile.GNU_TYPES:
             obj.name = prefix + "/" + obj.name
         return obj
+
+    def _proc_pax(self, archive):
+        # tarfile's own (Python 3.10 to 3.13) but for reading the records:
+        # before 3.11.10 and 3.12.6 its regular expressions take quadratic
+        # time over a crafted header (CVE-2024-6232), some half an hour
+        # for one of the 1 MiB that the stream check lets through. Here one
+        # pass reads them, as strictly as the fixed versions do.
+        # tarfile's private helpers, which typeshed leaves out.
+        this: Any = self
+        buf = archive.fileobj.read(this._block(self.size))
+        if self.type == tarfile.XGLTYPE:
+            pax_headers = archive.pax_headers
+        else:
+            pax_headers = archive.pax_headers.copy()
+        records = pax_records(buf)
+
+        # hdrcharset=BINARY: names are in the archive's encoding, not UTF-8.
+        charset = next((value for keyword, value in records
+                        if keyword == b"hdrcharset"), None)
+        binary = (charset == b"BINARY" if charset is not None
+                  else pax_headers.get("hdrcharset") == "BINARY")
+        encoding = archive.encoding if binary else "utf-8"
+        for keyword, value in records:
+            key = this._decode_pax_field(keyword, "utf-8", "utf-8",
+                                         archive.errors)
+            if key in _PAX_NAME_FIELDS:
+                pax_headers[key] = this._decode_pax_field(
+                    value, encoding, archive.encoding, archive.errors)
+            else:
+                pax_headers[key] = this._decode_pax_field(
+                    value, "utf-8", "utf-8", archive.errors)
+
+        try:
+            member: Any = self.fromtarfile(archive)
+        except tarfile.HeaderError as e:
+            raise _SUBSEQUENT(str(e)) from None
+
+        # GNU's sparse files in pax form, versions 0.1, 0.0 and 1.0.
+        if "GNU.sparse.map" in pax_headers:
+            this._proc_gnusparse_01(member, pax_headers)
+        elif "GNU.sparse.size" in pax_headers:
+            member.sparse = _sparse_00(records)
+        elif pax_headers.get("GNU.sparse.major") == "1" \
+                and pax_headers.get("GNU.sparse.minor") == "0":
+            this._proc_gnusparse_10(member, pax_headers, archive)
+
+        if self.type in (tarfile.XHDTYPE, _SOLARIS_XHDTYPE):
+            member._apply_pax_info(pax_headers, archive.encoding,
+                                   archive.errors)
+            member.offset = self.offset
+            if "size" in pax_headers:
+                # The real size moves where the next header starts.
+                offset = member.offset_data
+                if member.isreg() or member.type not in _SUPPORTED_TYPES:
+                    offset += member._block(member.size)
+                archive.offset = offset
+        return member
+
+
+def pax_records(buf: bytes) -> list[tuple[bytes, bytes]]:
+    """The (keyword, value) records of a pax extended header, in order.
+
+    Each is "LENGTH KEYWORD=VALUE\\n", LENGTH counting the whole record; a
+    NUL ends the list. Anything else is an invalid header.
+    """
+    records = []
+    at = 0
+    while at < len(buf) and buf[at] != 0:
+        space = buf.find(b" ", at, at + _MAX_LENGTH_DIGITS + 1)
+        digits = buf[at:space]
+        if space == -1 or not digits.isdigit():
+            raise _INVALID("invalid header")
+        length = int(digits)
+        end = at + length - 1           # where its newline must be
+        # The shortest record is "5 x=\\n".
+        if length < 5 or end >= len(buf) or buf[end] != 0x0A:
+            raise _INVALID("invalid header")
+        keyword, equals, value = buf[space + 1:end].partition(b"=")
+        if not keyword or not equals:
+            raise _INVALID("invalid header")
+        records.append((keyword, value))
+        at += length
+    return records
+
+
+def _sparse_00(records: list[tuple[bytes, bytes]]) -> list[tuple[int, int]]:
+    """GNU sparse 0.0: the map as repeated offset and numbytes records."""
+    offsets: list[int] = []
+    sizes: list[int] = []
+    for keyword, value in records:
+        if keyword in (b"GNU.sparse.offset", b"GNU.sparse.numbytes"):
+            if not value.isdigit():
+                raise _INVALID("invalid header")
+            (offsets if keyword == b"GNU.sparse.offset" else sizes).append(
+                int(value))
+    return list(zip(offsets, sizes))

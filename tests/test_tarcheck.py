@@ -107,3 +107,15 @@ def test_a_pax_size_overrides_the_header_size():
     _check(data)
     with pytest.raises(LayerError, match="truncated"):
         _check(data[:len(header) + 600])
+
+
+@pytest.mark.parametrize("records", [b"1" * 3000, b"30 path=a\n", b"9 patha\n\n"])
+def test_a_malformed_pax_header_is_not_a_tar(records):
+    # tarfile would take it for the end of the archive and drop the rest.
+    info = tarfile.TarInfo("././@PaxHeader")
+    info.type, info.size = tarfile.XHDTYPE, len(records)
+    entry = tarfile.TarInfo("file")
+    data = (info.tobuf(tarfile.USTAR_FORMAT) + records + b"\0" * (-len(records) % 512)
+            + entry.tobuf(tarfile.USTAR_FORMAT) + b"\0" * 1024)
+    with pytest.raises(LayerError, match="malformed pax header"):
+        _check(data)
