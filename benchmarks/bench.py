@@ -301,7 +301,8 @@ def compare_expand(registry, occystrap, options) -> dict | None:
             "occystrap --expand": ours_expand,
             "skopeo copy oci: + umoci unpack": peer_expand,
         }, options.runs)
-        print("  (--expand unpacks in a worker process; peak RSS is the larger of the two)")
+        print("  (--expand unpacks in two worker processes; peak RSS is the largest of "
+              "the three)")
     shutil.rmtree(unpack, ignore_errors=True)
     return result
 
