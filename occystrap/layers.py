@@ -126,8 +126,7 @@ def extract_layer(fileobj: BinaryIO, dest: Path) -> LayerStats:
     an upstream hashing reader sees every byte. dest is created if missing.
     Raises LayerError for a broken or malicious layer.
     """
-    (stats,) = _unpack(fileobj, [_Unpacker(dest, apply_whiteouts=False)])
-    return stats
+    return _unpack(fileobj, _Unpacker(dest, apply_whiteouts=False))
 
 
 def apply_layer(fileobj: BinaryIO, root: Path) -> LayerStats:
@@ -138,13 +137,11 @@ def apply_layer(fileobj: BinaryIO, root: Path) -> LayerStats:
     created if missing. Raises LayerError for a broken or malicious layer,
     after which the state of root is undefined (as with umoci).
     """
-    (stats,) = _unpack(fileobj, [_Unpacker(root, apply_whiteouts=True)])
-    return stats
+    return _unpack(fileobj, _Unpacker(root, apply_whiteouts=True))
 
 
-def _unpack(fileobj: BinaryIO,
-            unpackers: list[_Unpacker]) -> list[LayerStats]:
-    """Drive unpackers through one reading of a layer tar."""
+def _unpack(fileobj: BinaryIO, unpacker: _Unpacker) -> LayerStats:
+    """Drive an unpacker through one reading of a layer tar."""
     # A file is read in place. A stream goes through tarfile's own
     # buffer, whose every header read copies what is left of a 10 KiB
     # record: a fifth of the time of a layer of small files.
@@ -176,14 +173,13 @@ def _unpack(fileobj: BinaryIO,
             # memory flat however many entries the layer has.
             # (TarFile.members is undocumented, hence not in typeshed.)
             archive.members.clear()  # type: ignore[attr-defined]
-            _member(archive, member, unpackers, buffer, in_place)
-        for unpacker in unpackers:
-            unpacker.guarded(None, unpacker.finish)
+            _member(archive, member, unpacker, buffer, in_place)
+        unpacker.guarded(None, unpacker.finish)
     # Read any end padding so a verifying reader upstream hashes every
     # byte.
     while not seekable and fileobj.read(_CHUNK):
         pass
-    return [unpacker.stats() for unpacker in unpackers]
+    return unpacker.stats()
 
 
 def _descriptor(fileobj: BinaryIO) -> int | None:
@@ -195,40 +191,27 @@ def _descriptor(fileobj: BinaryIO) -> int | None:
 
 
 def _member(archive: tarfile.TarFile, member: tarfile.TarInfo,
-            unpackers: list[_Unpacker], buffer: bytearray,
+            unpacker: _Unpacker, buffer: bytearray,
             in_place: int | None) -> None:
-    """One tar entry into every tree; a file's content is read once."""
-    opened: list[tuple[_Unpacker, int]] = []
+    """One tar entry into the tree."""
+    fd = unpacker.guarded(member.name, unpacker.entry, member)
+    if fd is None:
+        return  # tarfile skips unread content itself
     try:
-        for unpacker in unpackers:
-            fd = unpacker.guarded(member.name, unpacker.entry, member)
-            if fd is not None:
-                opened.append((unpacker, fd))
-        if not opened:
-            return  # tarfile skips unread content itself
-        fds = [fd for _, fd in opened]
         if in_place is not None and not member.issparse():
             # Straight from the layer file, by offset: no reader objects
-            # per file, and no copy through Python.
-            written = opened[0][0].guarded(
+            # per file.
+            written = unpacker.guarded(
                 member.name, _copy_range, in_place, member.offset_data,
-                member.size, fds, buffer)
+                member.size, fd, buffer)
         else:
             source = archive.extractfile(member)
             # Always an io.BufferedReader for a regular file.
             assert isinstance(source, io.BufferedIOBase)
-            written = opened[0][0].guarded(
-                member.name, _copy, source, fds, buffer)
-        while opened:
-            unpacker, fd = opened.pop(0)
-            try:
-                unpacker.guarded(member.name, unpacker.file_done, member, fd,
-                                 written)
-            finally:
-                os.close(fd)
+            written = unpacker.guarded(member.name, _copy, source, fd, buffer)
+        unpacker.guarded(member.name, unpacker.file_done, member, fd, written)
     finally:
-        for _, fd in opened:
-            os.close(fd)
+        os.close(fd)
 
 
 _TRUNCATED = "_occystrap_truncated"
@@ -796,10 +779,10 @@ class _Unpacker:
                      follow_symlinks=False)
 
 
-def _copy_range(source: int, offset: int, size: int, fds: list[int],
+def _copy_range(source: int, offset: int, size: int, fd: int,
                 buffer: bytearray) -> int:
-    """Copy `size` bytes at `offset` of a file to every fd; the bytes
-    there (fewer when the file ends first: a truncated layer)."""
+    """Copy `size` bytes at `offset` of a file to fd; the bytes there
+    (fewer when the file ends first: a truncated layer)."""
     view = memoryview(buffer)
     done = 0
     while done < size:
@@ -807,16 +790,12 @@ def _copy_range(source: int, offset: int, size: int, fds: list[int],
                           offset + done)
         if not count:
             break
-        for fd in fds:
-            sent = 0
-            while sent < count:
-                sent += os.write(fd, view[sent:count])
+        _write_all(fd, view[:count])
         done += count
     return done
 
 
-def _copy(source: io.BufferedIOBase, fds: list[int],
-          buffer: bytearray) -> int:
+def _copy(source: io.BufferedIOBase, fd: int, buffer: bytearray) -> int:
     view = memoryview(buffer)
     total = 0
     while True:
@@ -828,11 +807,13 @@ def _copy(source: io.BufferedIOBase, fds: list[int],
             raise _SourceFailure(err) from err
         if not count:
             return total
-        for fd in fds:
-            done = 0
-            while done < count:
-                done += os.write(fd, view[done:count])
+        _write_all(fd, view[:count])
         total += count
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        data = data[os.write(fd, data):]
 
 
 def _times(member: tarfile.TarInfo) -> tuple[int, int]:
