@@ -108,6 +108,17 @@ class OccystrapGroup(click.Group):
 
 
 @contextlib.contextmanager
+def _progress(settings: Settings) -> Iterator[progress.Callback]:
+    """Where a command reports progress: bars on stderr, when asked for."""
+    display = ProgressDisplay(sys.stderr) if settings.progress else None
+    try:
+        yield display or progress.ignore
+    finally:
+        if display:
+            display.close()
+
+
+@contextlib.contextmanager
 def _stop_signals_interrupt() -> Iterator[None]:
     """SIGTERM and SIGHUP raise Stopped in the main thread, so the same
     cleanup as for Ctrl-C runs: no temporary file is left behind.
@@ -339,14 +350,9 @@ def _client(settings: Settings, reference: ImageReference):
 def _run(settings: Settings, source, writer: ImageWriter,
          destination: Path) -> pipeline.Summary:
     """Run the pipeline with progress drawn and a summary said, as asked."""
-    display = ProgressDisplay(sys.stderr) if settings.progress else None
-    try:
-        summary = pipeline.run(source, writer,
-                               report=display or progress.ignore,
+    with _progress(settings) as report:
+        summary = pipeline.run(source, writer, report=report,
                                parallel=settings.parallel)
-    finally:
-        if display:
-            display.close()
     if not settings.quiet:
         _say(_summary(summary, destination), err=True)
     return summary
@@ -546,16 +552,14 @@ def fetch_to_bundle(settings: Settings, lists, keep_going, all_platforms,
             clients[key] = _client(settings, reference)
         return clients[key]
 
-    display = ProgressDisplay(sys.stderr) if settings.progress else None
     try:
-        outcomes = bundler.fetch_all(
-            wanted, writer, client_for,
-            bundler.Request(settings.platform, settings.platform_required,
-                            all_platforms, keep_going, settings.parallel),
-            report=display or progress.ignore)
+        with _progress(settings) as report:
+            outcomes = bundler.fetch_all(
+                wanted, writer, client_for,
+                bundler.Request(settings.platform, settings.platform_required,
+                                all_platforms, keep_going, settings.parallel),
+                report=report)
     finally:
-        if display:
-            display.close()
         for client in clients.values():
             client.close()
     failed = [o for o in outcomes if o.error is not None]
@@ -838,14 +842,9 @@ def push(settings: Settings, prefix, images, chunk_size, source, registry):
         keeps = all(i.manifest is not None for t in targets for i in t.images)
         writer = PushWriter(BlobUploader(transport, chunk_size),
                             Flow.BLOB if keeps else Flow.LAYER)
-        display = ProgressDisplay(sys.stderr) if settings.progress else None
-        try:
-            outcomes = pusher.push(held, writer, targets,
-                                   report=display or progress.ignore,
+        with _progress(settings) as report:
+            outcomes = pusher.push(held, writer, targets, report=report,
                                    parallel=settings.parallel)
-        finally:
-            if display:
-                display.close()
     if not settings.quiet:
         for outcome in outcomes:
             click.echo(_push_line(outcome, target.host), err=True)
