@@ -28,6 +28,8 @@ OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 IN_TOTO = "application/vnd.in-toto+json"
+# Every manifest kind, as a registry client asks for them.
+ACCEPT = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST])
 
 DEFAULT_MTIME = 1600000000
 DEFAULT_CREATED = "2020-09-13T12:26:40Z"  # DEFAULT_MTIME as RFC 3339
@@ -299,6 +301,17 @@ class Index:
     @property
     def children(self) -> tuple[Image, ...]:
         return self.images + self.attestations
+
+
+def small_image(seed: int, compression: str = "gzip", oci: bool = False,
+                size: int = 30_000, **kwargs: Any) -> Image:
+    """Two layers: a base every such image shares byte for byte, and `size`
+    random bytes of its own."""
+    base = make_layer([directory("etc"), file("etc/os-release", b"ID=t\n")],
+                      compression, oci=oci)
+    data = make_layer([file(f"data/{seed}", random_bytes(size, seed))],
+                      compression, oci=oci)
+    return make_image([base, data], oci=oci, **kwargs)
 
 
 def make_attestation(image: Image) -> Image:

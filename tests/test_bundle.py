@@ -25,22 +25,6 @@ from occystrap.outputs.bundle import BundleWriter
 from conftest import assert_error, occystrap, skopeo_inspect, skopeo_inspect_raw
 from faultproxy import FaultProxy, Rewrite, Status, Trickle, corrupt
 
-ACCEPT = ", ".join([
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-])
-
-
-def _image(seed: int, compression: str = "gzip", oci: bool = False, size: int = 30_000,
-           **kwargs) -> ib.Image:
-    base = ib.make_layer([ib.directory("etc"), ib.file("etc/os-release", b"ID=t\n")],
-                         compression, oci=oci)
-    data = ib.make_layer([ib.file(f"data/{seed}", ib.random_bytes(size, seed))],
-                         compression, oci=oci)
-    return ib.make_image([base, data], oci=oci, **kwargs)
-
 
 def _ok(*args: str, input: str | None = None):
     result = occystrap(*args, input=input)
@@ -50,7 +34,7 @@ def _ok(*args: str, input: str | None = None):
 
 def _registry_manifest(registry, repo: str, reference: str) -> tuple[bytes, str]:
     response = requests.get(f"{registry.url}/v2/{repo}/manifests/{reference}",
-                            headers={"Accept": ACCEPT}, timeout=10)
+                            headers={"Accept": ib.ACCEPT}, timeout=10)
     response.raise_for_status()
     return response.content, response.headers["Docker-Content-Digest"]
 
@@ -75,16 +59,17 @@ def six(registry, tmp_path_factory):
     pinned by digest; from arguments, a list file and standard input.
     """
     repo = "test-bundle/six"
-    docker_gzip, oci_plain = _image(1), _image(2, "none", oci=True)
-    zstd = _image(3, "zstd", oci=True)
-    amd, arm = _image(4, oci=True), _image(5, oci=True, architecture="arm64", variant="v8")
+    docker_gzip, oci_plain = ib.small_image(1), ib.small_image(2, "none", oci=True)
+    zstd = ib.small_image(3, "zstd", oci=True)
+    amd = ib.small_image(4, oci=True)
+    arm = ib.small_image(5, oci=True, architecture="arm64", variant="v8")
     index = ib.make_index([amd, arm], oci=True, attestations=True)
     registry.push_image(f"{repo}/docker", docker_gzip, "1.0")
     registry.push_image(f"{repo}/oci", oci_plain, "2.0")
     registry.push_image(f"{repo}/zstd", zstd, "3.0")
     registry.push_index(f"{repo}/multi", index, "4.0")
-    pinned = registry.push_image(f"{repo}/pinned", _image(6), "x")
-    named = registry.push_image(f"{repo}/named", _image(7), "5.0")
+    pinned = registry.push_image(f"{repo}/pinned", ib.small_image(6), "x")
+    named = registry.push_image(f"{repo}/named", ib.small_image(7), "5.0")
     host = registry.host
     work = tmp_path_factory.mktemp("six")
     listed = work / "images.txt"
@@ -104,8 +89,8 @@ def six(registry, tmp_path_factory):
         f"{host}/{repo}/oci:2.0": (f"{repo}/oci", "2.0", oci_plain),
         f"{host}/{repo}/zstd:3.0": (f"{repo}/zstd", "3.0", zstd),
         f"{host}/{repo}/multi:4.0": (f"{repo}/multi", amd.manifest_digest, amd),
-        f"{host}/{repo}/pinned@{pinned}": (f"{repo}/pinned", pinned, _image(6)),
-        f"{host}/{repo}/named:5.0": (f"{repo}/named", "5.0", _image(7)),
+        f"{host}/{repo}/pinned@{pinned}": (f"{repo}/pinned", pinned, ib.small_image(6)),
+        f"{host}/{repo}/named:5.0": (f"{repo}/named", "5.0", ib.small_image(7)),
     }
     return {"bundle": bundle, "tar": tar, "images": images, "index": index}
 
@@ -173,7 +158,8 @@ def test_skopeo_reads_the_directory_and_its_tar(six, registry):
 
 
 def test_all_platforms_keeps_the_index_byte_for_byte(registry, repo, podman, tmp_path):
-    amd, arm = _image(10, oci=True), _image(11, oci=True, architecture="arm64", variant="v8")
+    amd = ib.small_image(10, oci=True)
+    arm = ib.small_image(11, oci=True, architecture="arm64", variant="v8")
     index = ib.make_index([amd, arm], oci=True, attestations=True)
     registry.push_index(repo, index, "v1")
     bundle = tmp_path / "bundle"
@@ -202,7 +188,8 @@ def test_all_platforms_keeps_the_index_byte_for_byte(registry, repo, podman, tmp
 
 def test_a_rerun_for_another_platform_or_all_platforms_is_not_skipped(
         registry, repo, tmp_path):
-    amd, arm = _image(12, oci=True), _image(13, oci=True, architecture="arm64", variant="v8")
+    amd = ib.small_image(12, oci=True)
+    arm = ib.small_image(13, oci=True, architecture="arm64", variant="v8")
     index = ib.make_index([amd, arm], oci=True)
     registry.push_index(repo, index, "v1")
     bundle = tmp_path / "bundle"
@@ -220,7 +207,7 @@ def test_a_rerun_for_another_platform_or_all_platforms_is_not_skipped(
 
 def test_a_rerun_adds_skips_what_is_unchanged_and_replaces_a_moved_tag(registry, repo,
                                                                        tmp_path):
-    one, two, other = _image(20), _image(21), _image(22, oci=True)
+    one, two, other = ib.small_image(20), ib.small_image(21), ib.small_image(22, oci=True)
     registry.push_image(repo, one, "v1")
     registry.push_image(repo, other, "v2")
     bundle = tmp_path / "bundle"
@@ -258,7 +245,7 @@ def test_a_rerun_adds_skips_what_is_unchanged_and_replaces_a_moved_tag(registry,
 
 
 def test_a_tag_pinned_by_digest_keeps_the_pinned_image(registry, repo, tmp_path):
-    old, new = _image(23), _image(24)
+    old, new = ib.small_image(23), ib.small_image(24)
     pinned = registry.push_image(repo, old, "v1")
     registry.push_image(repo, new, "v1")
     bundle = tmp_path / "bundle"
@@ -279,7 +266,7 @@ def _partial(bundle: Path) -> Path | None:
 
 
 def test_a_killed_run_resumes_from_the_byte_it_reached(registry, repo, tmp_path):
-    image = _image(30, "none", size=3_000_000)
+    image = ib.small_image(30, "none", size=3_000_000)
     registry.push_image(repo, image, "v1")
     big = image.layers[1].digest
     bundle = tmp_path / "bundle"
@@ -317,7 +304,7 @@ def test_a_killed_run_resumes_from_the_byte_it_reached(registry, repo, tmp_path)
 
 def _seed(registry, repo: str) -> str:
     """An image that makes the bundle exist before the one a test is about."""
-    registry.push_image(repo, _image(99), "seed")
+    registry.push_image(repo, ib.small_image(99), "seed")
     return f"{registry.host}/{repo}:seed"
 
 
@@ -328,7 +315,7 @@ def _blob_path(bundle: Path, digest: str, partial: bool = False) -> Path:
 
 def test_a_whole_partial_left_before_its_rename_is_not_fetched_again(registry, repo,
                                                                      tmp_path):
-    image = _image(31)
+    image = ib.small_image(31)
     registry.push_image(repo, image, "v1")
     bundle = tmp_path / "bundle"
     layer = image.layers[1]
@@ -345,7 +332,7 @@ def test_a_whole_partial_left_before_its_rename_is_not_fetched_again(registry, r
 
 
 def test_a_damaged_partial_is_discarded_and_fetched_afresh(registry, repo, tmp_path):
-    image = _image(32, size=200_000)
+    image = ib.small_image(32, size=200_000)
     registry.push_image(repo, image, "v1")
     bundle = tmp_path / "bundle"
     layer = image.layers[1]
@@ -367,7 +354,7 @@ def test_a_damaged_partial_is_discarded_and_fetched_afresh(registry, repo, tmp_p
 
 
 def test_two_runs_at_once_fetch_a_shared_blob_once(registry, repo, tmp_path):
-    one, two = _image(40, "none", size=2_000_000), None
+    one, two = ib.small_image(40, "none", size=2_000_000), None
     registry.push_image(repo, one, "a")
     two = ib.make_image([one.layers[1], ib.make_layer([ib.file("b", b"b")], "gzip")])
     registry.push_image(repo, two, "b")
@@ -438,7 +425,7 @@ def _descriptor(data: bytes) -> Descriptor:
 
 
 def test_a_corrupt_blob_keeps_the_earlier_bundle(registry, repo, tmp_path):
-    good, bad = _image(50), _image(51)
+    good, bad = ib.small_image(50), ib.small_image(51)
     registry.push_image(repo, good, "good")
     registry.push_image(repo, bad, "bad")
     bundle = tmp_path / "bundle"
@@ -471,7 +458,7 @@ def test_a_bad_line_names_the_file_and_line_before_any_request(registry, repo, t
 
 
 def test_keep_going_fetches_the_rest_and_names_each_failure(registry, repo, tmp_path):
-    registry.push_image(repo, _image(60), "here")
+    registry.push_image(repo, ib.small_image(60), "here")
     bundle = tmp_path / "bundle"
     host = registry.host
     result = occystrap("fetch-to-bundle", "--keep-going", f"{host}/{repo}:gone",
@@ -484,7 +471,7 @@ def test_keep_going_fetches_the_rest_and_names_each_failure(registry, repo, tmp_
 
 
 def test_without_keep_going_the_first_failure_stops_the_run(registry, repo, tmp_path):
-    registry.push_image(repo, _image(61), "here")
+    registry.push_image(repo, ib.small_image(61), "here")
     bundle = tmp_path / "bundle"
     host = registry.host
     result = occystrap("fetch-to-bundle", f"{host}/{repo}:here", f"{host}/{repo}:gone",
@@ -494,8 +481,8 @@ def test_without_keep_going_the_first_failure_stops_the_run(registry, repo, tmp_
 
 
 def test_a_long_rate_limit_stops_keeping_what_is_done(registry, repo, tmp_path):
-    registry.push_image(repo, _image(70), "one")
-    registry.push_image(repo, _image(71), "two")
+    registry.push_image(repo, ib.small_image(70), "one")
+    registry.push_image(repo, ib.small_image(71), "two")
     bundle = tmp_path / "bundle"
     with FaultProxy(registry.url) as proxy:
         proxy.add(Status(f"{repo}/manifests/two", 429, {"Retry-After": "3600"}))

@@ -11,14 +11,6 @@ import imagebuild as ib
 from conftest import ToolError, occystrap
 
 
-def _image(seed: int, compression: str = "gzip", oci: bool = False, **kwargs) -> ib.Image:
-    base = ib.make_layer([ib.directory("etc"), ib.file("etc/os-release", b"ID=t\n")],
-                         compression, oci=oci)
-    data = ib.make_layer([ib.file(f"data/{seed}", ib.random_bytes(40_000, seed))],
-                         compression, oci=oci)
-    return ib.make_image([base, data], oci=oci, **kwargs)
-
-
 def _ok(*args: str):
     result = occystrap(*args)
     assert result.exit_code == 0, result.output
@@ -31,7 +23,7 @@ def _id(image: ib.Image) -> str:
 
 def test_tarfile_and_recreated_image_load_in_docker_and_containerd(
         registry, repo, docker, containerd, tmp_path):
-    image = _image(1)
+    image = ib.small_image(1)
     registry.push_image(repo, image, "v1")
     tar = tmp_path / "app.tar"
     _ok("fetch-to-tarfile", registry.host, repo, "v1", str(tar))
@@ -65,17 +57,17 @@ def _registry_digest(registry, repo: str, tag: str) -> str:
 def pushed(registry, repo):
     """Docker and OCI manifests, gzip and plain layers, a zstd image, an
     index with attestations, a pin by digest and a tag pinned by digest."""
-    docker_gzip, oci_plain = _image(2), _image(3, "none", oci=True)
-    zstd = _image(4, "zstd", oci=True)
-    amd = _image(5, oci=True)
-    arm = _image(6, oci=True, architecture="arm64", variant="v8")
+    docker_gzip, oci_plain = ib.small_image(2), ib.small_image(3, "none", oci=True)
+    zstd = ib.small_image(4, "zstd", oci=True)
+    amd = ib.small_image(5, oci=True)
+    arm = ib.small_image(6, oci=True, architecture="arm64", variant="v8")
     index = ib.make_index([amd, arm], oci=True, attestations=True)
     registry.push_image(f"{repo}/docker", docker_gzip, "1.0")
     registry.push_image(f"{repo}/oci", oci_plain, "2.0")
     registry.push_image(f"{repo}/zstd", zstd, "3.0")
     registry.push_index(f"{repo}/multi", index, "4.0")
-    pinned = registry.push_image(f"{repo}/pinned", _image(7), "gone")
-    named = registry.push_image(f"{repo}/named", _image(8), "5.0")
+    pinned = registry.push_image(f"{repo}/pinned", ib.small_image(7), "gone")
+    named = registry.push_image(f"{repo}/named", ib.small_image(8), "5.0")
     host = registry.host
     return {
         "references": [
@@ -87,9 +79,9 @@ def pushed(registry, repo):
             f"{host}/{repo}/docker:1.0": _id(docker_gzip),
             f"{host}/{repo}/oci:2.0": _id(oci_plain),
             f"{host}/{repo}/multi:4.0": _id(amd),
-            f"{host}/{repo}/named:5.0": _id(_image(8)),
+            f"{host}/{repo}/named:5.0": _id(ib.small_image(8)),
         },
-        "pinned": (f"{host}/{repo}/pinned@{pinned}", _id(_image(7))),
+        "pinned": (f"{host}/{repo}/pinned@{pinned}", _id(ib.small_image(7))),
         "zstd": f"{host}/{repo}/zstd:3.0",
     }
 
@@ -138,7 +130,7 @@ def test_a_digest_pull_arrives_named_in_containerd(registry, repo, docker, conta
                                                    tmp_path):
     """containerd makes no image of an untagged docker-save entry: the
     tarball carries REPO@sha256:… in an OCI index.json for it."""
-    image = _image(9)
+    image = ib.small_image(9)
     digest = registry.push_image(repo, image)
     tar = tmp_path / "pinned.tar"
     result = _ok("fetch-to-tarfile", registry.host, repo, digest, str(tar))
@@ -158,7 +150,7 @@ def test_a_digest_pull_arrives_named_in_containerd(registry, repo, docker, conta
 @pytest.mark.parametrize("command", ["fetch-to-tarfile", "fetch-to-extracted"])
 def test_tag_at_digest_names_by_tag_and_pins_by_digest(
         registry, repo, docker, containerd, tmp_path, command):
-    image, newer = _image(10), _image(11)
+    image, newer = ib.small_image(10), ib.small_image(11)
     digest = registry.push_image(repo, image, "v1")
     registry.push_image(repo, newer, "v1")  # the tag moved on; the digest did not
     out = tmp_path / "out"
@@ -178,7 +170,7 @@ def test_containerd_filters_other_platforms_unless_asked(registry, repo, docker,
     """What the README's troubleshooting says: docker loads any platform;
     ctr images import keeps only the native platform by default, and takes
     others with --platform or --all-platforms (as k3s does)."""
-    arm = _image(12, architecture="arm64", variant="v8")
+    arm = ib.small_image(12, architecture="arm64", variant="v8")
     registry.push_image(repo, arm, "arm")
     tar = tmp_path / "arm.tar"
     _ok("fetch-to-tarfile", registry.host, repo, "arm", str(tar))
@@ -217,7 +209,7 @@ def test_an_expanded_directory_loads_only_through_recreate_image(
 
 def test_a_shared_directory_loads_only_through_recreate_image(
         registry, repo, docker, tmp_path):
-    registry.push_image(repo, _image(13), "v1")
+    registry.push_image(repo, ib.small_image(13), "v1")
     shared = tmp_path / "shared"
     _ok("fetch-to-extracted", "--use-unique-names", registry.host, repo, "v1", str(shared))
     tarred = tmp_path / "tarred.tar"

@@ -19,12 +19,6 @@ from conftest import (
     assert_error, occystrap, skopeo_copy, skopeo_inspect, start_registry)
 from faultproxy import CutUpload, FaultProxy, Status
 
-ACCEPT = ", ".join([
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-])
 NO_TLS = "--tls-verify=false"
 
 
@@ -33,16 +27,6 @@ def far(tmp_path: Path) -> Iterator:
     """An empty registry on the far side of the gap."""
     with start_registry(tmp_path / "far") as running:
         yield running
-
-
-def _image(seed: int, compression: str = "gzip", oci: bool = False, size: int = 30_000,
-           **kwargs) -> ib.Image:
-    # Every image shares this base layer, byte for byte.
-    base = ib.make_layer([ib.directory("etc"), ib.file("etc/os-release", b"ID=t\n")],
-                         compression, oci=oci)
-    data = ib.make_layer([ib.file(f"data/{seed}", ib.random_bytes(size, seed))],
-                         compression, oci=oci)
-    return ib.make_image([base, data], oci=oci, **kwargs)
 
 
 def _ok(*args: str):
@@ -54,7 +38,7 @@ def _ok(*args: str):
 def _get(registry, repository: str, reference: str) -> tuple[bytes, str] | None:
     """A manifest's bytes and digest as the registry serves them, or None."""
     response = requests.get(f"{registry.url}/v2/{repository}/manifests/{reference}",
-                            headers={"Accept": ACCEPT}, timeout=10)
+                            headers={"Accept": ib.ACCEPT}, timeout=10)
     if response.status_code == 404:
         return None
     response.raise_for_status()
@@ -85,13 +69,14 @@ def _load_back(far, reference: str, tmp_path: Path, podman) -> dict:
 
 
 def test_a_bundle_pushes_with_every_digest_identical(registry, repo, far, podman, tmp_path):
-    docker_gzip, oci_zstd = _image(1), _image(2, "zstd", oci=True)
-    amd, arm = _image(3, oci=True), _image(4, oci=True, architecture="arm64", variant="v8")
+    docker_gzip, oci_zstd = ib.small_image(1), ib.small_image(2, "zstd", oci=True)
+    amd = ib.small_image(3, oci=True)
+    arm = ib.small_image(4, oci=True, architecture="arm64", variant="v8")
     index = ib.make_index([amd, arm], oci=True, attestations=True)
     registry.push_image(f"{repo}/docker", docker_gzip, "1.0")
     registry.push_image(f"{repo}/zstd", oci_zstd, "2.0")
     registry.push_index(f"{repo}/multi", index, "3.0")
-    pinned = registry.push_image(f"{repo}/pinned", _image(5), "x")
+    pinned = registry.push_image(f"{repo}/pinned", ib.small_image(5), "x")
     host = registry.host
     bundle = tmp_path / "bundle"
     _ok("fetch-to-bundle", "--all-platforms", f"{host}/{repo}/docker:1.0",
@@ -125,7 +110,7 @@ def test_a_bundle_pushes_with_every_digest_identical(registry, repo, far, podman
 
 def test_a_second_push_uploads_no_blob_and_mounts_across_repositories(
         registry, repo, far, tmp_path):
-    one, two = _image(10), _image(11)
+    one, two = ib.small_image(10), ib.small_image(11)
     registry.push_image(f"{repo}/one", one, "1")
     registry.push_image(f"{repo}/two", two, "2")
     bundle = tmp_path / "bundle"
@@ -161,7 +146,7 @@ def test_a_second_push_uploads_no_blob_and_mounts_across_repositories(
 
 
 def test_a_tarball_pushes_with_its_config_unchanged(registry, repo, far, podman, tmp_path):
-    image = _image(20, "zstd", oci=True)
+    image = ib.small_image(20, "zstd", oci=True)
     registry.push_image(repo, image, "v1")
     tarball = tmp_path / "image.tar"
     _ok("fetch-to-tarfile", registry.host, repo, "v1", str(tarball))
@@ -188,7 +173,7 @@ def test_a_tarball_pushes_with_its_config_unchanged(registry, repo, far, podman,
 
 def test_a_shared_directory_pushes_each_image_mounting_what_they_share(
         registry, repo, far, tmp_path):
-    one, two = _image(30), _image(31)
+    one, two = ib.small_image(30), ib.small_image(31)
     registry.push_image(f"{repo}/one", one, "a")
     registry.push_image(f"{repo}/two", two, "b")
     shared = tmp_path / "shared"
@@ -207,7 +192,7 @@ def test_a_shared_directory_pushes_each_image_mounting_what_they_share(
 
 
 def test_prefix_and_image_choose_what_goes_where(registry, repo, far, tmp_path):
-    one, two = _image(40), _image(41)
+    one, two = ib.small_image(40), ib.small_image(41)
     registry.push_image(f"{repo}/one", one, "1")
     registry.push_image(f"{repo}/two", two, "2")
     bundle = tmp_path / "bundle"
@@ -255,7 +240,7 @@ def test_a_nameless_image_needs_a_prefix():
 
 def test_a_hub_name_goes_under_library(far, tmp_path):
     # A docker-save tarball names its image as docker does: busybox:latest.
-    image = _image(50)
+    image = ib.small_image(50)
     tarball = tmp_path / "busybox.tar"
     _write_docker_save(tarball, image, "busybox:latest")
 
@@ -267,7 +252,7 @@ def test_a_hub_name_goes_under_library(far, tmp_path):
 
 
 def test_an_image_without_a_name_goes_by_digest_under_the_prefix(far, tmp_path):
-    image = _image(55)
+    image = ib.small_image(55)
     tarball = tmp_path / "untagged.tar"
     _write_docker_save(tarball, image, None)
 
@@ -281,7 +266,7 @@ def test_an_image_without_a_name_goes_by_digest_under_the_prefix(far, tmp_path):
 
 
 def test_a_docker_save_tarball_pushes_with_its_image_id(registry, repo, far, docker, tmp_path):
-    image = _image(60)
+    image = ib.small_image(60)
     registry.push_image(repo, image, "v1")
     ours = tmp_path / "ours.tar"
     _ok("fetch-to-tarfile", registry.host, repo, "v1", str(ours))
@@ -315,7 +300,7 @@ def _cut_second_patch(proxy: FaultProxy, *, keep_part: bool, follow: bool) -> No
 def test_a_cut_upload_resumes_or_starts_again_from_the_source(
         registry, repo, far, tmp_path, source, keep_part, follow):
     # Random bytes do not compress: the layer stays over three chunks.
-    image = _image(80, size=4 * CHUNK)
+    image = ib.small_image(80, size=4 * CHUNK)
     registry.push_image(repo, image, "big")
     path = tmp_path / source
     if source == "bundle":
@@ -343,7 +328,7 @@ def test_a_cut_upload_resumes_or_starts_again_from_the_source(
 def test_a_damaged_bundle_blob_is_never_committed(registry, repo, far, tmp_path):
     # The push hashes a bundle's blob once, as it reads it: the check at
     # its end must still come before the closing PUT.
-    image = _image(81, size=4 * CHUNK)
+    image = ib.small_image(81, size=4 * CHUNK)
     registry.push_image(repo, image, "big")
     bundle = tmp_path / "bundle"
     _ok("fetch-to-bundle", f"{registry.host}/{repo}:big", str(bundle))
@@ -372,7 +357,7 @@ def test_a_damaged_bundle_blob_is_never_committed(registry, repo, far, tmp_path)
 ])
 def test_a_refused_upload_is_one_line_naming_the_repository(far, tmp_path, status, phrases):
     tarball = tmp_path / "busybox.tar"
-    _write_docker_save(tarball, _image(75), "busybox:latest")
+    _write_docker_save(tarball, ib.small_image(75), "busybox:latest")
     with FaultProxy(far.url) as proxy:
         proxy.add(Status(r"/blobs/uploads/", status, methods=("POST",)))
         result = occystrap("push", str(tarball), proxy.host)
@@ -382,7 +367,7 @@ def test_a_refused_upload_is_one_line_naming_the_repository(far, tmp_path, statu
 
 def test_an_unreachable_registry_is_one_line(tmp_path):
     tarball = tmp_path / "busybox.tar"
-    _write_docker_save(tarball, _image(70), "busybox:latest")
+    _write_docker_save(tarball, ib.small_image(70), "busybox:latest")
     result = occystrap("push", str(tarball), "127.0.0.1:9")
     assert_error(result, "127.0.0.1:9")
 
@@ -449,13 +434,13 @@ def no_stored_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
 def _stored_config(registry, repository: str, tag: str, ca: str, auth=None) -> str:
     response = requests.get(f"{registry.url}/v2/{repository}/manifests/{tag}",
-                            headers={"Accept": ACCEPT}, verify=ca, auth=auth, timeout=10)
+                            headers={"Accept": ib.ACCEPT}, verify=ca, auth=auth, timeout=10)
     response.raise_for_status()
     return json.loads(response.content)["config"]["digest"]
 
 
 def test_tls_with_htpasswd(secured, no_stored_credentials, tmp_path):
-    image = _image(90)
+    image = ib.small_image(90)
     tarball = tmp_path / "app.tar"
     _write_docker_save(tarball, image, "127.0.0.1:5555/shared/app:stable")
     basic = secured["basic"]
@@ -475,7 +460,7 @@ def test_tls_with_htpasswd(secured, no_stored_credentials, tmp_path):
 
 def test_token_auth_pushes_for_a_pusher_and_refuses_anonymous(
         secured, no_stored_credentials, tmp_path):
-    image = _image(91)
+    image = ib.small_image(91)
     tarball = tmp_path / "app.tar"
     _write_docker_save(tarball, image, "app:1")
     tokens = secured["tokens"]
