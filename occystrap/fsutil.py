@@ -117,13 +117,18 @@ def _remove_if_stale(path: Path) -> bool:
         os.close(fd)
 
 
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write every byte of data at fd's position (os.write may take fewer)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def write_atomic(target: Path, data: bytes) -> None:
     """Write data so that target is either absent/old or complete."""
     fd, temp = claim_temp(target)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, data)
         os.fchmod(fd, 0o644 & ~current_umask())
         # Renamed while still locked: a sweep never takes it for stale.
         os.replace(temp, target)

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from occystrap.errors import LayerError
+from occystrap.fsutil import write_all
 from occystrap.tarheader import TarInfo
 
 LOG = logging.getLogger(__name__)
@@ -790,7 +791,7 @@ def _copy_range(source: int, offset: int, size: int, fd: int,
                           offset + done)
         if not count:
             break
-        _write_all(fd, view[:count])
+        write_all(fd, view[:count])
         done += count
     return done
 
@@ -807,13 +808,8 @@ def _copy(source: io.BufferedIOBase, fd: int, buffer: bytearray) -> int:
             raise _SourceFailure(err) from err
         if not count:
             return total
-        _write_all(fd, view[:count])
+        write_all(fd, view[:count])
         total += count
-
-
-def _write_all(fd: int, data: memoryview) -> None:
-    while data:
-        data = data[os.write(fd, data):]
 
 
 def _times(member: tarfile.TarInfo) -> tuple[int, int]:

@@ -25,7 +25,8 @@ from occystrap import layout
 from occystrap.digest import Digest, Hasher
 from occystrap.errors import OutputError, StoreError, VerificationError
 from occystrap.fsutil import (
-    current_umask, file_digest, locked, output_errors, write_atomic)
+    current_umask, file_digest, locked, output_errors, write_all,
+    write_atomic)
 from occystrap.image import Flow, Image, Layer
 from occystrap.manifest import (
     Descriptor, ImageIndex, Platform, parse_manifest)
@@ -250,7 +251,7 @@ class BundleWriter:
                 wrote = False
                 try:
                     for chunk in chunks:
-                        _write_all(fd, chunk)
+                        write_all(fd, chunk)
                         wrote = True
                         written += len(chunk)
                         if written - flushed >= _WRITE_BACK:
@@ -491,12 +492,6 @@ def _write_back(fd: int, offset: int, length: int) -> None:
     miss.)
     """
     os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _hashed_fd(fd: int, digest: Digest) -> Hasher:

@@ -36,7 +36,7 @@ from occystrap import dockersave, layout
 from occystrap.digest import Digest
 from occystrap.errors import OutputError
 from occystrap.fsutil import (
-    claim_temp, current_umask, output_errors, sweep_stale)
+    claim_temp, current_umask, output_errors, sweep_stale, write_all)
 from occystrap.image import Flow, Image, Layer
 from occystrap.manifest import OCI_MANIFEST, Descriptor
 
@@ -328,9 +328,7 @@ class TarballWriter:
             while offset < size:
                 chunk = os.pread(self._fd, min(_COPY_CHUNK, size - offset),
                                  offset)
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(out, view):]
+                write_all(out, chunk)
                 offset += len(chunk)
         finally:
             os.close(out)
