@@ -25,7 +25,6 @@ _INVALID = tarfile.InvalidHeaderError  # type: ignore[attr-defined]
 _SUBSEQUENT = tarfile.SubsequentHeaderError  # type: ignore[attr-defined]
 _PAX_NAME_FIELDS = tarfile.PAX_NAME_FIELDS
 _SUPPORTED_TYPES = tarfile.SUPPORTED_TYPES
-_SOLARIS_XHDTYPE = b"X"
 # A record's length: decimal digits, as many as a 64-bit size has.
 _MAX_LENGTH_DIGITS = 20
 _FIELD_SPACES = 8 * 0x20   # the checksum field counts as eight spaces
@@ -201,7 +200,7 @@ class TarInfo(tarfile.TarInfo):
                 and pax_headers.get("GNU.sparse.minor") == "0":
             this._proc_gnusparse_10(member, pax_headers, archive)
 
-        if self.type in (tarfile.XHDTYPE, _SOLARIS_XHDTYPE):
+        if self.type in (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE):
             member._apply_pax_info(pax_headers, archive.encoding,
                                    archive.errors)
             member.offset = self.offset
