@@ -17,6 +17,7 @@ import email.utils
 import json
 import logging
 import random
+import threading
 import time
 import urllib.parse
 from typing import Iterable, Iterator, Union
@@ -72,6 +73,9 @@ class Transport:
         self.session.auth = _no_auth
         self.auth = Authenticator(registry.host, credentials, self._send)
         self._base_url: str | None = None
+        # One thread finds the API root; the others wait for its answer
+        # rather than each pinging (and trying https on) the registry.
+        self._finding = threading.Lock()
 
     def close(self) -> None:
         self.session.close()
@@ -235,6 +239,12 @@ class Transport:
         """Find the API root, pinging /v2/ once to learn the auth scheme."""
         if self._base_url:
             return self._base_url
+        with self._finding:
+            if not self._base_url:
+                self._base_url = self._find_base_url()
+            return self._base_url
+
+    def _find_base_url(self) -> str:
         registry = self.registry
         if registry.scheme:
             schemes = [registry.scheme]
@@ -272,8 +282,7 @@ class Transport:
                 raise RegistryError(
                     f"{registry.host} answered HTTP {response.status_code} "
                     "to the API check", response.status_code, url)
-            self._base_url = f"{scheme}://{registry.host}/v2"
-            return self._base_url
+            return f"{scheme}://{registry.host}/v2"
         raise AssertionError("unreachable")
 
     def request(self, method: str, path: str, scope: str, repository: str,

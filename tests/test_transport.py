@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import threading
+import time
 import urllib.parse
 
 import pytest
@@ -21,9 +22,11 @@ FAST = TransportOptions(retries=3, backoff=0.0, connect_timeout=2, read_timeout=
 class _Recorder(http.server.ThreadingHTTPServer):
     """A registry that asks for a token, and a token service, in one."""
 
-    def __init__(self, fail_uploads: int = 0) -> None:
+    def __init__(self, fail_uploads: int = 0, slow: float = 0.0) -> None:
         self.seen: list[tuple[str, str, bytes]] = []
         self.fail_uploads = fail_uploads
+        # Seconds each answer takes: long enough for threads to overlap.
+        self.slow = slow
         self.lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _Handler)
 
@@ -63,6 +66,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = self._body()
         with self.server.lock:
             self.server.seen.append((self.command, self.path, body))
+        time.sleep(self.server.slow)
         path = urllib.parse.urlsplit(self.path).path
         if path == "/token":
             self._answer(200, {"Content-Type": "application/json"}, b'{"token": "T"}')
@@ -126,6 +130,27 @@ def test_a_streamed_body_cut_by_the_link_raises_for_the_caller_to_resume():
         with pytest.raises(BodyNotReplayable, match="broke off"):
             transport.request("PATCH", "app/blobs/uploads/x", scope("app", "pull,push"),
                               "app", "push", body=broken())
+
+
+def test_threads_starting_together_ping_the_registry_once():
+    # A push's layer threads all begin with a request: one of them finds
+    # the API root (trying https first on a local registry), the rest wait.
+    with serving(_Recorder(slow=0.2)) as server, Transport(
+            Registry.parse(server.host), FAST) as transport:
+        start = threading.Barrier(4)
+
+        def first_request() -> str:
+            start.wait()
+            return transport.base_url()
+
+        threads = [threading.Thread(target=first_request) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        pings = [path for method, path, _ in server.seen if path == "/v2/"]
+    assert transport.base_url() == f"http://{server.host}/v2"
+    assert pings == ["/v2/"]
 
 
 def test_a_token_is_cached_per_set_of_scopes_whatever_their_order():
