@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -23,6 +24,8 @@ LOG = logging.getLogger(__name__)
 
 # gzip wrapper around deflate, with the largest window: what layers use.
 GZIP_WBITS = 16 + zlib.MAX_WBITS
+# Raw deflate, for the member gzip_chunks wraps itself.
+RAW_WBITS = -zlib.MAX_WBITS
 DEFAULT_LEVEL = 6
 # ISA-L ends a deflate block where each compress() call's input ends, so the
 # same bytes in other chunks give another blob; fixed-size input keeps the
@@ -53,10 +56,15 @@ class Backend:
         """A gzip inflater with zlib's decompressobj interface."""
         return self.module.decompressobj(GZIP_WBITS)
 
-    def compressobj(self, level: int) -> Any:
-        """A gzip deflater: no file name, mtime 0, as zlib's own wrapper."""
+    def compressobj(self, level: int, wbits: int = GZIP_WBITS) -> Any:
+        """A gzip deflater (no file name, mtime 0, as zlib's own wrapper),
+        or a raw one."""
         return self.module.compressobj(self.level(level), self.module.DEFLATED,
-                                       GZIP_WBITS)
+                                       wbits)
+
+    def crc32(self, data: bytes | bytearray | memoryview,
+              value: int = 0) -> int:
+        return self.module.crc32(data, value)
 
 
 # In order of preference: (importable module, name, level map).
@@ -87,13 +95,14 @@ def gzip_chunks(chunks: Iterable[bytes], level: int = DEFAULT_LEVEL,
     """Compress a stream of bytes into one gzip member, chunk by chunk.
 
     The output depends only on the bytes, not on how they are chunked, for
-    a given library and version: no file name and mtime 0, as zlib's own
-    gzip wrapper writes. Different libraries (or versions) give different,
-    equally valid, bytes. level is on zlib's 1-9 scale.
+    a given library and version: no file name and mtime 0. Different
+    libraries (or versions) give different, equally valid, bytes. level is
+    on zlib's 1-9 scale.
     """
     if not 1 <= level <= 9:
         raise ValueError(f"gzip level must be 1 to 9, not {level}")
-    deflater = (backend or BACKEND).compressobj(level)
+    member = _Member(backend or BACKEND, level)
+    yield _GZIP_HEADER
     pending = bytearray()
     for chunk in chunks:
         if pending:
@@ -103,16 +112,92 @@ def gzip_chunks(chunks: Iterable[bytes], level: int = DEFAULT_LEVEL,
             chunk = chunk[taken:]
             if len(pending) < _DEFLATE_BLOCK:
                 continue
-            out = deflater.compress(pending)
+            yield from member.block(pending)
             pending.clear()
-            if out:
-                yield out
         # Whole blocks straight from the chunk, without copying them.
         whole = len(chunk) - len(chunk) % _DEFLATE_BLOCK
         with memoryview(chunk) as view:
             for start in range(0, whole, _DEFLATE_BLOCK):
-                out = deflater.compress(view[start:start + _DEFLATE_BLOCK])
-                if out:
-                    yield out
+                yield from member.block(view[start:start + _DEFLATE_BLOCK])
             pending += view[whole:]
-    yield deflater.compress(pending) + deflater.flush()
+    yield from member.block(pending)
+    yield member.end()
+
+
+# ID, deflate, no flags, mtime 0, no extra flags, OS unknown.
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+# Parts of a block deflated to see whether the block is worth deflating.
+_SAMPLE = 8 << 10
+_SAMPLES = 3
+# A sample that deflates to more than this share of itself: incompressible.
+_NOT_WORTH = 0.97
+# The most bytes one stored deflate block holds.
+_STORED_MAX = 0xFFFF
+
+
+class _Member:
+    """One gzip member's deflate stream, block by fixed-size block.
+
+    Blocks of already compressed content (packed files, images, archives:
+    common in layers) go into the stream as stored blocks: deflating them
+    costs several times copying them and gives nothing back, or a few bytes
+    more. Before a stored block the deflater is fully flushed, which ends
+    its output on a byte boundary and forgets its history, so nothing it
+    writes later refers back across bytes it never saw.
+    """
+
+    def __init__(self, backend: Backend, level: int) -> None:
+        self._backend = backend
+        self._level = level
+        self._deflater = backend.compressobj(level, RAW_WBITS)
+        # Whether the deflater holds input it has not flushed.
+        self._open = False
+        self._crc = 0
+        self._size = 0
+
+    def block(self, data: bytes | bytearray | memoryview) -> Iterator[bytes]:
+        if not data:
+            return
+        self._crc = self._backend.crc32(data, self._crc)
+        self._size += len(data)
+        if self._worth_deflating(data):
+            self._open = True
+            out = self._deflater.compress(data)
+            if out:
+                yield out
+            return
+        if self._open:
+            yield self._deflater.flush(self._backend.module.Z_FULL_FLUSH)
+            self._open = False
+        yield _stored(data)
+
+    def end(self) -> bytes:
+        trailer = struct.pack("<II", self._crc & 0xFFFFFFFF,
+                              self._size & 0xFFFFFFFF)
+        return self._deflater.flush() + trailer
+
+    def _worth_deflating(self, data: bytes | bytearray | memoryview) -> bool:
+        """Whether samples from the start, middle and end of the block
+        shrink; small blocks are always deflated."""
+        if len(data) < _SAMPLE * _SAMPLES * 4:
+            return True
+        step = (len(data) - _SAMPLE) // (_SAMPLES - 1)
+        for at in range(0, step * _SAMPLES, step):
+            probe = self._backend.compressobj(self._level, RAW_WBITS)
+            sample = data[at:at + _SAMPLE]
+            if len(probe.compress(sample) + probe.flush()) \
+                    < len(sample) * _NOT_WORTH:
+                return True
+        return False
+
+
+def _stored(data: bytes | bytearray | memoryview) -> bytes:
+    """Data as non-final stored deflate blocks, starting on a byte
+    boundary: a header byte (BFINAL 0, BTYPE 00), LEN and NLEN, the bytes."""
+    out = bytearray()
+    with memoryview(data) as view:
+        for at in range(0, len(view), _STORED_MAX):
+            piece = view[at:at + _STORED_MAX]
+            out += struct.pack("<BHH", 0, len(piece), len(piece) ^ 0xFFFF)
+            out += piece
+    return bytes(out)

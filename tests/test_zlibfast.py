@@ -180,3 +180,33 @@ def test_the_library_choice_does_not_change_what_is_fetched(registry, repo, tmp_
         assert result.exit_code == 0, result.output
         outputs.append(target.read_bytes())
     assert outputs[0] == outputs[1]
+
+
+def _mixed():
+    # Whole blocks of packed content between compressible ones, ending on
+    # a packed block: every change between stored and deflated blocks.
+    text = b"occystrap layer text " * 60_000
+    return (os.urandom(2 * MIB) + text + os.urandom(MIB + 12345) + text
+            + bytes(MIB) + os.urandom(3 * MIB + 7))
+
+
+def test_packed_content_is_stored_not_deflated(backend):
+    data = os.urandom(4 * MIB)
+    blob = b"".join(zlibfast.gzip_chunks([data]))
+    assert gzip.decompress(blob) == data
+    # Stored blocks: five bytes for each 64 KiB or less of each 1 MiB
+    # block, and the gzip frame.
+    assert len(blob) <= len(data) + 5 * 17 * (len(data) // MIB) + 32
+
+
+@pytest.mark.parametrize("step", [3000, MIB, 5 * MIB])
+def test_stored_and_deflated_blocks_mix_in_one_member(backend, step):
+    data = _mixed()
+    whole = b"".join(zlibfast.gzip_chunks([data]))
+    again = b"".join(zlibfast.gzip_chunks(data[i:i + step]
+                                          for i in range(0, len(data), step)))
+    assert again == whole
+    assert gzip.decompress(whole) == data
+    assert b"".join(_gunzip(whole, 4096)) == data
+    # The text and zeros shrink, the random bytes stay as they were.
+    assert len(whole) < len(data) - 2 * MIB
