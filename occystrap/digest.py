@@ -58,7 +58,7 @@ class Hasher:
         self.algorithm = algorithm
         self.size = 0
 
-    def update(self, chunk: bytes | memoryview) -> None:
+    def update(self, chunk: bytes | bytearray | memoryview) -> None:
         self._hash.update(chunk)
         self.size += len(chunk)
 

@@ -24,7 +24,7 @@ LOG = logging.getLogger(__name__)
 
 # gzip wrapper around deflate, with the largest window: what layers use.
 GZIP_WBITS = 16 + zlib.MAX_WBITS
-# Raw deflate, for the member gzip_chunks wraps itself.
+# Raw deflate: gzip_chunks frames the gzip member itself.
 RAW_WBITS = -zlib.MAX_WBITS
 DEFAULT_LEVEL = 6
 # ISA-L ends a deflate block where each compress() call's input ends, so the
@@ -56,11 +56,10 @@ class Backend:
         """A gzip inflater with zlib's decompressobj interface."""
         return self.module.decompressobj(GZIP_WBITS)
 
-    def compressobj(self, level: int, wbits: int = GZIP_WBITS) -> Any:
-        """A gzip deflater (no file name, mtime 0, as zlib's own wrapper),
-        or a raw one."""
+    def compressobj(self, level: int) -> Any:
+        """A raw deflater, for gzip_chunks to frame."""
         return self.module.compressobj(self.level(level), self.module.DEFLATED,
-                                       wbits)
+                                       RAW_WBITS)
 
     def crc32(self, data: bytes | bytearray | memoryview,
               value: int = 0) -> int:
@@ -91,7 +90,8 @@ LOG.debug("gzip through %s", BACKEND.name)
 
 
 def gzip_chunks(chunks: Iterable[bytes], level: int = DEFAULT_LEVEL,
-                backend: Backend | None = None) -> Iterator[bytes]:
+                backend: Backend | None = None
+                ) -> Iterator[bytes | bytearray]:
     """Compress a stream of bytes into one gzip member, chunk by chunk.
 
     The output depends only on the bytes, not on how they are chunked, for
@@ -149,13 +149,14 @@ class _Member:
     def __init__(self, backend: Backend, level: int) -> None:
         self._backend = backend
         self._level = level
-        self._deflater = backend.compressobj(level, RAW_WBITS)
+        self._deflater = backend.compressobj(level)
         # Whether the deflater holds input it has not flushed.
         self._open = False
         self._crc = 0
         self._size = 0
 
-    def block(self, data: bytes | bytearray | memoryview) -> Iterator[bytes]:
+    def block(self, data: bytes | bytearray | memoryview
+              ) -> Iterator[bytes | bytearray]:
         if not data:
             return
         self._crc = self._backend.crc32(data, self._crc)
@@ -183,7 +184,7 @@ class _Member:
             return True
         step = (len(data) - _SAMPLE) // (_SAMPLES - 1)
         for at in range(0, step * _SAMPLES, step):
-            probe = self._backend.compressobj(self._level, RAW_WBITS)
+            probe = self._backend.compressobj(self._level)
             sample = data[at:at + _SAMPLE]
             if len(probe.compress(sample) + probe.flush()) \
                     < len(sample) * _NOT_WORTH:
@@ -191,13 +192,14 @@ class _Member:
         return False
 
 
-def _stored(data: bytes | bytearray | memoryview) -> bytes:
+def _stored(data: bytes | bytearray | memoryview) -> bytearray:
     """Data as non-final stored deflate blocks, starting on a byte
-    boundary: a header byte (BFINAL 0, BTYPE 00), LEN and NLEN, the bytes."""
+    boundary: a header byte (BFINAL 0, BTYPE 00), LEN and NLEN, the bytes.
+    Returned as built: a copy into bytes would double the block's cost."""
     out = bytearray()
     with memoryview(data) as view:
         for at in range(0, len(view), _STORED_MAX):
             piece = view[at:at + _STORED_MAX]
             out += struct.pack("<BHH", 0, len(piece), len(piece) ^ 0xFFFF)
             out += piece
-    return bytes(out)
+    return out
