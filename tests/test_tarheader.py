@@ -54,6 +54,15 @@ def _blocks() -> list[bytes]:
     sparse[386:398], sparse[398:410] = b"%011o\0" % 0, b"%011o\0" % 512
     sparse[483:495] = b"%011o\0" % 4096
     blocks.append(_resummed(sparse))
+    # Numbers in the other forms tarfile reads: closed by a space, filling
+    # the field without a close, padded with spaces, or cut short by a NUL.
+    for field, start in ((b"0000644 ", 100), (b"00000644", 100), (b"   644 \0", 100),
+                         (b"1750\0abc", 108), (b"0000000 0000001\0", 329),
+                         (b"0000001\0" + bytes(8), 329), (b"00000000012 ", 124)):
+        other = bytearray(tarfile.TarInfo("other").tobuf(tarfile.USTAR_FORMAT, "utf-8",
+                                                         "strict"))
+        other[start:start + len(field)] = field
+        blocks.append(_resummed(other))
     # A header summed with signed chars, as old Sun and NeXT tars did.
     signed = bytearray(tarfile.TarInfo("süd").tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict"))
     total = 256 + sum(b - 256 if b > 127 else b for i, b in enumerate(signed)
