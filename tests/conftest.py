@@ -188,7 +188,7 @@ def registry_config(
     return _merge(base, extra or {})
 
 
-def _log_tail(log: Path, lines: int = 30) -> str:
+def log_tail(log: Path, lines: int = 30) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
@@ -196,7 +196,7 @@ def _wait_until_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> 
     deadline = time.monotonic() + REGISTRY_START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise ToolError(f"registry exited {process.returncode}:\n{_log_tail(log)}")
+            raise ToolError(f"registry exited {process.returncode}:\n{log_tail(log)}")
         try:
             with warnings.catch_warnings():
                 # Readiness only: TLS registries use throwaway self-signed certificates.
@@ -211,17 +211,18 @@ def _wait_until_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> 
             pass
         time.sleep(0.1)
     raise ToolError(
-        f"registry not ready at {url} after {REGISTRY_START_TIMEOUT}s:\n{_log_tail(log)}"
+        f"registry not ready at {url} after {REGISTRY_START_TIMEOUT}s:\n{log_tail(log)}"
     )
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop_process(process: subprocess.Popen[bytes], timeout: float = REGISTRY_STOP_TIMEOUT) -> None:
+    """SIGTERM, and SIGKILL if it has not ended within `timeout` seconds."""
     process.terminate()
     try:
-        process.wait(timeout=REGISTRY_STOP_TIMEOUT)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
-        process.wait(timeout=REGISTRY_STOP_TIMEOUT)
+        process.wait(timeout=timeout)
 
 
 @contextlib.contextmanager
@@ -254,7 +255,7 @@ def start_registry(
         _wait_until_ready(process, url, log)
         yield Registry(f"127.0.0.1:{port}", url, storage, log)
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 @pytest.fixture(scope="session")

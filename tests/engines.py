@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from conftest import ToolError, need_tool, run_tool
+from conftest import ToolError, log_tail, need_tool, run_tool, stop_process
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
@@ -41,25 +41,12 @@ def _wait(check: list[str], process: subprocess.Popen[bytes], log: Path, what: s
     started = time.monotonic()
     while time.monotonic() - started < START_TIMEOUT:
         if process.poll() is not None:
-            raise ToolError(f"{what} exited {process.returncode}:\n{_tail(log)}")
+            raise ToolError(f"{what} exited {process.returncode}:\n{log_tail(log)}")
         done = subprocess.run(check, capture_output=True, stdin=subprocess.DEVNULL, check=False)
         if done.returncode == 0:
             return time.monotonic() - started
         time.sleep(0.1)
-    raise ToolError(f"{what} not ready after {START_TIMEOUT}s:\n{_tail(log)}")
-
-
-def _tail(log: Path) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=STOP_TIMEOUT)
+    raise ToolError(f"{what} not ready after {START_TIMEOUT}s:\n{log_tail(log)}")
 
 
 def _unmount_below(root: Path) -> None:
@@ -144,7 +131,7 @@ def start_docker() -> Iterator[Docker]:
         took = _wait([client, "-H", f"unix://{socket}", "version"], process, log, "dockerd")
         yield Docker(client, socket, took)
     finally:
-        _stop(process)
+        stop_process(process, STOP_TIMEOUT)
         _unmount_below(root)
         shutil.rmtree(root, ignore_errors=True)
 
@@ -176,6 +163,6 @@ def start_containerd() -> Iterator[Containerd]:
         took = _wait([ctr, "--address", str(socket), "version"], process, log, "containerd")
         yield Containerd(ctr, socket, took)
     finally:
-        _stop(process)
+        stop_process(process, STOP_TIMEOUT)
         _unmount_below(root)
         shutil.rmtree(root, ignore_errors=True)
