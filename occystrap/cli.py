@@ -795,7 +795,7 @@ class _Size(click.ParamType):
 @click.option("--image", "images", multiple=True, metavar="REPO:TAG",
               help="Push only this image of SOURCE (as it is named there); "
                    "may be repeated.")
-@click.option("--chunk-size", type=_Size(), default="8M",
+@click.option("--chunk-size", type=_Size(), default="16M",
               show_default=True,
               help="Upload larger blobs in chunks of this size; smaller "
                    "when a proxy refuses large requests (HTTP 413).")

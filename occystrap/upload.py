@@ -9,7 +9,7 @@ and an upload cut mid-chunk resumes from the offset the registry reports
 rather than from the start. Manifests go up last; the digest the registry
 computes must be ours.
 
-    uploader = BlobUploader(transport, chunk_size=8 << 20)
+    uploader = BlobUploader(transport, chunk_size=16 << 20)
     if not uploader.has_blob("team/app", digest):
         uploader.upload_blob("team/app", descriptor, reopen)
     uploader.put_manifest("team/app", "1.0", manifest, media_type)
@@ -33,13 +33,20 @@ LOG = logging.getLogger(__name__)
 
 # Each PATCH carries one chunk, streamed from the source with a
 # Content-Length (some registries refuse chunked transfer encoding on
-# uploads), so memory does not grow with the chunk size. 8 MiB: over ECR's
-# 5 MiB minimum part; one round trip per chunk costs under 5% at 100
-# Mbit/s; and a cut chunk costs at most 8 MiB again where a registry keeps
-# no part of it. Proxies with smaller body limits answer 413, and the
-# message says to choose a smaller chunk size.
-DEFAULT_CHUNK_SIZE = 8 << 20
+# uploads), so memory does not grow with the chunk size. 16 MiB: over
+# ECR's 5 MiB minimum part; one round trip per chunk costs under 3% at
+# 100 Mbit/s; distribution syncs its state to disk several times a PATCH
+# (467 fsyncs for 514 MiB in 8 MiB chunks, 227 in 32 MiB ones), which 16
+# MiB halves from 8 MiB; and a cut chunk costs at most 16 MiB again where
+# a registry keeps no part of it (distribution keeps what arrived).
+# Proxies with smaller body limits answer 413, and the message says to
+# choose a smaller chunk size.
+DEFAULT_CHUNK_SIZE = 16 << 20
 MIN_CHUNK_SIZE = 64 << 10
+# A blob up to this size (and the chunk size) goes up in one POST and PUT,
+# held in memory to be checked before it is sent: one round trip fewer, at
+# a bounded cost in memory per upload thread.
+MONOLITHIC_MAX = 8 << 20
 # Quota exhaustion has no standard code; these words in an error code or
 # message mark it (Harbor, GitLab, Artifactory, Nexus say it so).
 _QUOTA_WORDS = ("quota", "storage limit", "no space", "out of space",
@@ -121,10 +128,11 @@ class BlobUploader:
         """Upload one blob, whose bytes from `offset` are `reopen(offset)`.
 
         `report(n)` is told how many bytes the registry holds so far. Blobs
-        up to the chunk size go in one POST and PUT; larger ones in PATCH
-        chunks. A cut chunk resumes where the registry says the upload
-        stands; a session the registry forgot starts again. The bytes must
-        hash to the descriptor's digest: nothing else is committed.
+        up to the chunk size (and MONOLITHIC_MAX) go in one POST and PUT;
+        larger ones in PATCH chunks. A cut chunk resumes where the registry
+        says the upload stands; a session the registry forgot starts again.
+        The bytes must hash to the descriptor's digest: nothing else is
+        committed.
 
         `prehashed`: reopen(0)'s stream was or is hashed by its maker (a
         source that checks its digest when read to its end, a file hashed
@@ -277,7 +285,7 @@ class _Upload:
         size = self.descriptor.size
         while True:
             try:
-                if size <= self.up.chunk_size:
+                if size <= min(self.up.chunk_size, MONOLITHIC_MAX):
                     self._monolithic()
                 else:
                     self._chunked()

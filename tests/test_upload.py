@@ -29,7 +29,7 @@ from occystrap.manifest import Descriptor
 from occystrap.options import TransportOptions
 from occystrap.reference import Registry as RegistryName
 from occystrap.transport import Transport
-from occystrap.upload import MIN_CHUNK_SIZE, BlobUploader
+from occystrap.upload import DEFAULT_CHUNK_SIZE, MIN_CHUNK_SIZE, MONOLITHIC_MAX, BlobUploader
 
 FAST = TransportOptions(retries=3, backoff=0.0, connect_timeout=2, read_timeout=5,
                         certs_d=None)
@@ -107,6 +107,19 @@ def test_a_small_blob_goes_up_in_one_put(proxy: FaultProxy, registry: Registry,
     (put,) = proxy.requests(r"/blobs/uploads/.*digest=")
     assert put.received == len(small.data)
     assert sizes == [len(small.data)]
+
+
+def test_a_blob_past_the_one_request_limit_streams_in_a_chunk(
+        proxy: FaultProxy, registry: Registry, repo: str) -> None:
+    # Under the default chunk size, but too large to hold whole in memory.
+    medium = blob(MONOLITHIC_MAX + 1, seed=3)
+
+    uploader(proxy.url, DEFAULT_CHUNK_SIZE).upload_blob(repo, medium.descriptor, medium.reopen)
+
+    assert stored(registry.url, repo, medium.descriptor.digest) == medium.data
+    assert calls(proxy) == [("POST", 202), ("PATCH", 202), ("PUT", 201)]
+    (patch,) = [seen for seen in proxy.requests() if seen.method == "PATCH"]
+    assert patch.received == len(medium.data)
 
 
 def test_a_large_blob_goes_up_in_chunks(proxy: FaultProxy, registry: Registry,
