@@ -247,43 +247,47 @@ class Transport:
     def _find_base_url(self) -> str:
         registry = self.registry
         if registry.scheme:
-            schemes = [registry.scheme]
-        elif registry.is_local:
-            schemes = ["https", "http"]
+            scheme = registry.scheme
+        elif registry.is_local and self._answers_plain_http():
+            return f"http://{registry.host}/v2"
         else:
-            schemes = ["https"]
-        https_error: RegistryUnreachable | None = None
-        for scheme in schemes:
-            url = f"{scheme}://{registry.host}/v2/"
-            try:
-                response = self._send("GET", url)
-            except RegistryUnreachable as e:
-                if https_error:
-                    raise https_error from None
-                if scheme == schemes[-1]:
-                    raise
-                LOG.debug("%s unusable for %s; trying plain http", scheme,
-                          registry.host)
-                https_error = e
-                continue
-            response.close()
-            if https_error and response.status_code not in (200, 401):
-                # Not a registry over http either (a TLS port answers 400):
-                # the https failure (say, an unknown CA) is the real story.
-                raise https_error
-            if response.status_code == 401:
-                self.auth.remember(response.headers.get("WWW-Authenticate"))
-            elif response.status_code == 404:
-                raise RegistryError(
-                    f"{registry.host} does not offer the registry API "
-                    f"(GET {url} answered 404); check the registry name",
-                    404, url)
-            elif response.status_code >= 400:
-                raise RegistryError(
-                    f"{registry.host} answered HTTP {response.status_code} "
-                    "to the API check", response.status_code, url)
-            return f"{scheme}://{registry.host}/v2"
-        raise AssertionError("unreachable")
+            scheme = "https"
+        url = f"{scheme}://{registry.host}/v2/"
+        response = self._send("GET", url)
+        response.close()
+        if response.status_code == 401:
+            self.auth.remember(response.headers.get("WWW-Authenticate"))
+        elif response.status_code == 404:
+            raise RegistryError(
+                f"{registry.host} does not offer the registry API "
+                f"(GET {url} answered 404); check the registry name",
+                404, url)
+        elif response.status_code >= 400:
+            raise RegistryError(
+                f"{registry.host} answered HTTP {response.status_code} "
+                "to the API check", response.status_code, url)
+        return f"{scheme}://{registry.host}/v2"
+
+    def _answers_plain_http(self) -> bool:
+        """Whether a loopback registry's API answers over plain http.
+
+        Most do (docker's registry image, kind and k3s mirrors), and plain
+        http never leaves the host, so it is asked first: that spares
+        loading the CA bundle for a TLS handshake bound to fail. Only an
+        API answer counts; anything else (a TLS port answers 400) leaves
+        https to be tried, and its failure (say, an unknown CA) to be the
+        one reported.
+        """
+        try:
+            response = self._send("GET", f"http://{self.registry.host}/v2/")
+        except RegistryUnreachable as e:
+            LOG.debug("plain http unusable for %s (%s); trying https",
+                      self.registry.host, e)
+            return False
+        response.close()
+        if response.status_code == 401:
+            self.auth.remember(response.headers.get("WWW-Authenticate"))
+        return response.status_code in (200, 401)
 
     def request(self, method: str, path: str, scope: str, repository: str,
                 action: str = "pull", *, headers: dict | None = None,

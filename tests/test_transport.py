@@ -28,7 +28,13 @@ class _Recorder(http.server.ThreadingHTTPServer):
         # Seconds each answer takes: long enough for threads to overlap.
         self.slow = slow
         self.lock = threading.Lock()
+        self.connections = 0
         super().__init__(("127.0.0.1", 0), _Handler)
+
+    def verify_request(self, request: object, client_address: object) -> bool:
+        with self.lock:
+            self.connections += 1
+        return True
 
     @property
     def host(self) -> str:
@@ -134,7 +140,7 @@ def test_a_streamed_body_cut_by_the_link_raises_for_the_caller_to_resume():
 
 def test_threads_starting_together_ping_the_registry_once():
     # A push's layer threads all begin with a request: one of them finds
-    # the API root (trying https first on a local registry), the rest wait.
+    # the API root (plain http first on a local registry), the rest wait.
     with serving(_Recorder(slow=0.2)) as server, Transport(
             Registry.parse(server.host), FAST) as transport:
         start = threading.Barrier(4)
@@ -151,6 +157,15 @@ def test_threads_starting_together_ping_the_registry_once():
         pings = [path for method, path, _ in server.seen if path == "/v2/"]
     assert transport.base_url() == f"http://{server.host}/v2"
     assert pings == ["/v2/"]
+
+
+def test_a_loopback_registry_is_asked_over_plain_http_first():
+    # One connection: no TLS handshake (and no CA bundle loaded) to fail
+    # before the plain http that a local registry usually speaks.
+    with serving(_Recorder()) as server, Transport(
+            Registry.parse(server.host), FAST) as transport:
+        assert transport.base_url() == f"http://{server.host}/v2"
+        assert server.connections == 1
 
 
 def test_a_token_is_cached_per_set_of_scopes_whatever_their_order():
