@@ -15,9 +15,11 @@ computes must be ours.
     uploader.put_manifest("team/app", "1.0", manifest, media_type)
 """
 
+import contextlib
 import logging
 import urllib.parse
-from typing import Callable, Iterable, Iterator, cast
+from typing import (
+    Callable, ContextManager, Generator, Iterable, Iterator, Union, cast)
 
 import requests
 
@@ -57,6 +59,8 @@ _QUOTA_WORDS = ("quota", "storage limit", "no space", "out of space",
 _TRY_AGAIN = {408, 416, 429, 500, 502, 503, 504}
 
 Reopen = Callable[[int], Iterable[bytes]]
+# What a made blob comes in: bytes, or buffers as they were built.
+Chunk = Union[bytes, bytearray]
 
 
 class BlobUploader:
@@ -142,6 +146,25 @@ class BlobUploader:
         """
         _Upload(self, repository, descriptor, reopen, report,
                 prehashed).run()
+
+    def stream_blob(self, repository: str, media_type: str,
+                    produce: Callable[[], Iterable[Chunk]],
+                    turn: Callable[[], ContextManager] = contextlib.nullcontext
+                    ) -> Descriptor:
+        """Upload a blob made as it is sent; its descriptor once it is up.
+
+        `produce()` makes the blob's bytes from their start, the same bytes
+        every time it is called: an upload cut off is resumed by making
+        them again and skipping what the registry says it holds. They go
+        up in PATCHes of up to the chunk size whose length is known only at
+        their end (a streamed upload, as docker pushes), hashed on the way,
+        and the closing PUT names the digest they hashed to. Each PATCH's
+        body is made and sent within `turn()`, left before the registry's
+        answer is awaited.
+        """
+        upload = _Streamed(self, repository, media_type, produce, turn)
+        upload.run()
+        return upload.descriptor
 
     def put_manifest(self, repository: str, reference: str, data: bytes,
                      media_type: str) -> Digest:
@@ -230,6 +253,12 @@ class BlobUploader:
                 f"{self.host} refused a request to push to {repository} as "
                 f"too large (HTTP 413); use a smaller --chunk-size than "
                 f"{self.chunk_size >> 10} KiB", status, url)
+        if status == 411:
+            return UploadRefused(
+                f"{self.host} refused an upload to {repository} sent without "
+                "its length in advance (HTTP 411), which a layer compressed "
+                "on the way needs; push a bundle instead (fetch-to-bundle "
+                "keeps the registry's compressed layers)", status, url)
         if status == 507 or _quota(codes, messages):
             return self._full(repository, status, codes, messages, url)
         if status == 404 and "NAME_UNKNOWN" in codes:
@@ -282,22 +311,28 @@ class _Upload:
         return self.up.transport.options.retries
 
     def run(self) -> None:
-        size = self.descriptor.size
         while True:
             try:
-                if size <= min(self.up.chunk_size, MONOLITHIC_MAX):
-                    self._monolithic()
-                else:
-                    self._chunked()
+                self._once()
                 return
             except _Gone as e:
                 self._failed(f"{e}; starting the upload again")
+
+    def _once(self) -> None:
+        """The whole upload, in one session; _Gone if the registry forgot it."""
+        if self.descriptor.size <= min(self.up.chunk_size, MONOLITHIC_MAX):
+            self._monolithic()
+        else:
+            self._chunked()
+
+    def _label(self) -> str:
+        return self.descriptor.digest.short()
 
     def _failed(self, why: str, retry_after: float | None = None) -> None:
         self.failures += 1
         if self.failures > self.retries:
             raise RegistryUnreachable(
-                f"uploading {self.descriptor.digest.short()} to "
+                f"uploading {self._label()} to "
                 f"{self.repository} on {self.up.host} failed "
                 f"{self.failures} times in a row ({why}); check the network "
                 "and try again, perhaps with a smaller --chunk-size")
@@ -349,7 +384,9 @@ class _Upload:
                     length = min(self.up.chunk_size, size - offset)
                     piece = _Piece(source, offset, length, self.hashed,
                                    self.descriptor)
-                    self.location = self._patch(self.location, offset, piece)
+                    self.location = self._patch(
+                        self.location, piece,
+                        {"Content-Range": f"{offset}-{offset + length - 1}"})
                     offset += length
                     self.failures = 0
                     self.report(offset)
@@ -363,36 +400,45 @@ class _Upload:
                         "damaged or changed, and nothing was pushed under "
                         "that digest")
             except _Broken as e:
-                self._failed(str(e), e.retry_after)
-                self.location, at = self._status(self.location)
-                if at > offset + self.up.chunk_size or at > size:
-                    raise RegistryError(
-                        f"{self.up.host} reports {at} bytes of an upload to "
-                        f"{self.repository} that was sent {offset} and one "
-                        "chunk; refusing to guess: push again", None,
-                        redact(self.location)) from None
-                LOG.info("upload of %s to %s broke off (%s); the registry "
-                         "holds %d bytes, resuming from there",
-                         self.descriptor.digest.short(), self.repository, e,
-                         at)
+                at = self._resume_point(e, min(offset + self.up.chunk_size,
+                                               size),
+                                        f"{offset} and one chunk")
                 if at > offset:
                     self.failures = 0  # part of the cut chunk arrived
                 offset = at
                 self.report(offset)
         return offset
 
-    def _patch(self, location: str, offset: int, piece: "_Piece") -> str:
-        """Send one chunk; the upload's next location, or _Broken/_Gone."""
+    def _resume_point(self, broken: _Broken, most: int, sent: str) -> int:
+        """After a break, where the registry says the upload stands; more
+        than `most` bytes (what could have arrived) is an error."""
+        self._failed(str(broken), broken.retry_after)
+        self.location, at = self._status(self.location)
+        if at > most:
+            raise RegistryError(
+                f"{self.up.host} reports {at} bytes of an upload to "
+                f"{self.repository} that was sent {sent}; refusing to "
+                "guess: push again", None, redact(self.location)) from None
+        LOG.info("upload of %s to %s broke off (%s); the registry holds %d "
+                 "bytes, resuming from there", self._label(), self.repository,
+                 broken, at)
+        return at
+
+    def _patch(self, location: str, piece: Iterable[Chunk | memoryview],
+               headers: dict[str, str]) -> str:
+        """Send one chunk; the upload's next location, or _Broken/_Gone.
+
+        The body is streamed, so never sent twice by the transport (part
+        of a cut chunk may have landed): views of the source's chunks,
+        which sockets send as they are. With a length when it is known
+        (the OCI spec's chunked upload), else in chunked encoding.
+        """
         try:
-            # Streamed, so never sent twice by the transport (part of a cut
-            # chunk may have landed), and with a length, since some
-            # registries refuse chunked transfer encoding on uploads.
             response = self.up._request(
-                # Views of the source's chunks, which sockets send as is.
                 "PATCH", location, self.repository,
                 body=cast("Iterable[bytes]", piece),
                 headers={"Content-Type": "application/octet-stream",
-                         "Content-Range": f"{offset}-{offset + len(piece) - 1}"})
+                         **headers})
         except BodyNotReplayable as e:
             raise _Broken(str(e)) from None
         with response:
@@ -464,6 +510,68 @@ class _Upload:
                 "changed, and nothing was pushed under that digest")
 
 
+class _Streamed(_Upload):
+    """One blob's upload as it is made; see BlobUploader.stream_blob."""
+
+    def __init__(self, uploader: BlobUploader, repository: str,
+                 media_type: str, produce: Callable[[], Iterable[Chunk]],
+                 turn: Callable[[], ContextManager]) -> None:
+        super().__init__(uploader, repository, Descriptor(media_type, _NONE, 0),
+                         lambda offset: iter(()), lambda n: None, True)
+        self.media_type = media_type
+        self.produce = produce
+        self.turn = turn
+
+    def _label(self) -> str:
+        return "a blob made on the way"
+
+    def _once(self) -> None:
+        self.location = self._start()
+        held = 0  # what the registry holds of the upload
+        while True:
+            hasher = Hasher()
+            try:
+                source = _Stream(_hashed(self.produce(), hasher))
+                skip = held
+                while skip:
+                    taken = len(source.take(skip))
+                    if not taken:
+                        raise RegistryError(
+                            f"{self.up.host} reports {held} bytes of an "
+                            f"upload to {self.repository}, more than the "
+                            f"blob has ({hasher.size}); refusing to guess: "
+                            "push again", None, redact(self.location))
+                    skip -= taken
+                while not source.ended():
+                    body = self._body(source)
+                    try:
+                        self.location = self._patch(self.location, body, {})
+                    finally:
+                        body.close()  # the turn is given back, sent or not
+                    self.failures = 0
+                break
+            except _Broken as e:
+                held = self._resume_point(e, hasher.size,
+                                          f"at most {hasher.size} bytes")
+        self.descriptor = Descriptor(self.media_type, hasher.digest(),
+                                     hasher.size)
+        self._finish(self.location, b"")
+
+    def _body(self, source: "_Stream") -> Generator[Chunk, None, None]:
+        with self.turn():
+            yield from _Open(source, self.up.chunk_size)
+
+
+# A digest no blob has: a streamed upload's, until its bytes are all made.
+_NONE = Digest("sha256", "0" * 64)
+
+
+def _hashed(chunks: Iterable[Chunk], hasher: Hasher) -> Iterator[Chunk]:
+    for chunk in chunks:
+        hasher.update(chunk)
+        yield chunk
+
+
 class _Ledger:
     """Hashes a blob as it is first read, whatever resumes re-read.
 
@@ -523,19 +631,25 @@ class _Stream:
     chunk size.
     """
 
-    def __init__(self, chunks: Iterable[bytes]) -> None:
+    def __init__(self, chunks: Iterable[Chunk]) -> None:
         self._chunks = iter(chunks)
         self._left = memoryview(b"")
 
     def take(self, most: int) -> memoryview:
         """Up to `most` bytes; empty at the end of the source."""
+        if self.ended():
+            return self._left
+        taken, self._left = self._left[:most], self._left[most:]
+        return taken
+
+    def ended(self) -> bool:
+        """Whether every byte has been taken (reading on to know)."""
         while not self._left:
             chunk = next(self._chunks, None)
             if chunk is None:
-                return self._left
+                return True
             self._left = memoryview(chunk)
-        taken, self._left = self._left[:most], self._left[most:]
-        return taken
+        return False
 
     def more(self) -> bool:
         """Whether the source has bytes left (reading it to its end)."""
@@ -570,6 +684,33 @@ class _Piece:
             self._ledger.feed(offset, chunk)
             offset += len(chunk)
             yield chunk
+
+
+class _Open:
+    """One streamed PATCH's body: up to `most` bytes of a stream whose
+    length is known only once it ends.
+
+    Sent in chunked encoding, which frames each piece in a copy of it: a
+    view would be copied to bytes first, so pieces go out as the objects
+    they were made as, and only the one cut at the PATCH's end is copied.
+    """
+
+    def __init__(self, source: _Stream, most: int) -> None:
+        self._source = source
+        self._most = most
+
+    def __iter__(self) -> Iterator[Chunk]:
+        sent = 0
+        while sent < self._most:
+            view = self._source.take(self._most - sent)
+            if not view:
+                return
+            sent += len(view)
+            made = view.obj
+            if isinstance(made, (bytes, bytearray)) and len(made) == len(view):
+                yield made
+            else:
+                yield bytes(view)
 
 
 def _received(header: str | None) -> int:

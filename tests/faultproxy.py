@@ -193,8 +193,10 @@ class CutUpload(Fault):
         part = request.read_body(self.after)
         if self.keep_part and part:
             headers = dict(request.seen.headers)
-            start = int(headers.get("content-range", "0-0").split("-")[0])
-            headers["content-range"] = f"{start}-{start + len(part) - 1}"
+            # A streamed PATCH names no range: the part is appended.
+            if "content-range" in headers:
+                start = int(headers["content-range"].split("-")[0])
+                headers["content-range"] = f"{start}-{start + len(part) - 1}"
             answer = request.proxy.forward(request.method, request.path, headers,
                                            body=part)
             location = answer.headers.get("Location")

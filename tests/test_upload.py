@@ -456,3 +456,108 @@ def test_token_auth_mount_refused_on_the_source_falls_back(token_world, repo: st
     # Alice may not read private/ (nobody may): the mount is refused.
     assert not uploader(registry.url, options=options, credentials=alice).mount_blob(
         f"team/{repo}", blob(10).descriptor.digest, f"private/{repo}")
+
+
+# --- blobs made as they are sent (layers compressed on the way) -------------------
+
+
+@dataclasses.dataclass
+class Made:
+    """A blob made afresh, in uneven pieces, each time it is asked for."""
+
+    data: bytes
+    made: int = 0
+
+    def produce(self) -> Iterator[bytes]:
+        self.made += 1
+        for start in range(0, len(self.data), 30_000):
+            yield self.data[start:start + 30_000]
+
+
+class NthPatch(CutUpload):
+    """Cut the nth PATCH (of any upload) after 10,000 bytes."""
+
+    def __init__(self, nth: int, **kwargs) -> None:
+        super().__init__(r"/blobs/uploads/", after=10_000, times=1, **kwargs)
+        self.nth, self.patches = nth, 0
+
+    def takes(self, method: str, path: str, headers: dict[str, str]) -> bool:
+        if method != "PATCH":
+            return False
+        self.patches += 1
+        return self.patches == self.nth and super().takes(method, path, headers)
+
+
+def test_a_blob_made_on_the_way_goes_up_in_chunks_of_unknown_length(
+        proxy: FaultProxy, registry: Registry, repo: str) -> None:
+    made = Made(random.Random(20).randbytes(3 * CHUNK + 5))
+
+    descriptor = uploader(proxy.url).stream_blob(repo, LAYER, made.produce)
+
+    assert descriptor == Descriptor(LAYER, Digest.of(made.data), len(made.data))
+    assert stored(registry.url, repo, descriptor.digest) == made.data
+    assert made.made == 1
+    patches = [seen for seen in proxy.requests("/blobs/") if seen.method == "PATCH"]
+    assert len(patches) == 4
+    assert all(seen.headers.get("transfer-encoding") == "chunked"
+               and "content-range" not in seen.headers for seen in patches)
+    assert [method for method, _ in calls(proxy)] == ["POST", "PATCH", "PATCH", "PATCH",
+                                                      "PATCH", "PUT"]
+
+
+@pytest.mark.parametrize("keep_part", [True, False], ids=["partly-kept", "dropped"])
+def test_a_cut_blob_made_on_the_way_is_made_again_and_resumed(
+        proxy: FaultProxy, registry: Registry, repo: str, keep_part: bool) -> None:
+    made = Made(random.Random(21).randbytes(3 * CHUNK))
+    proxy.add(NthPatch(2, keep_part=keep_part))
+
+    descriptor = uploader(proxy.url).stream_blob(repo, LAYER, made.produce)
+
+    assert stored(registry.url, repo, descriptor.digest) == made.data
+    assert descriptor.digest == Digest.of(made.data)
+    # Made again from its start, the bytes the registry holds skipped.
+    assert made.made == 2
+    assert ("GET", 204) in calls(proxy)
+    assert [method for method, _ in calls(proxy)].count("POST") == 1
+
+
+def test_a_blob_made_on_the_way_starts_again_when_the_session_is_forgotten(
+        proxy: FaultProxy, registry: Registry, repo: str) -> None:
+    made = Made(random.Random(22).randbytes(3 * CHUNK))
+    proxy.add(NthPatch(2, keep_part=True, follow=False))
+
+    descriptor = uploader(proxy.url).stream_blob(repo, LAYER, made.produce)
+
+    assert stored(registry.url, repo, descriptor.digest) == made.data
+    assert ("GET", 404) in calls(proxy)
+    assert [method for method, _ in calls(proxy)].count("POST") == 2
+    assert made.made == 2
+
+
+def test_a_turn_is_taken_for_each_chunk_and_always_given_back(
+        proxy: FaultProxy, registry: Registry, repo: str) -> None:
+    made = Made(random.Random(23).randbytes(2 * CHUNK + 1))
+    proxy.add(NthPatch(1, keep_part=True))
+    turns: list[str] = []
+
+    class Turn:
+        def __enter__(self) -> None:
+            turns.append("in")
+
+        def __exit__(self, *exc_info: object) -> None:
+            turns.append("out")
+
+    uploader(proxy.url).stream_blob(repo, LAYER, made.produce, Turn)
+
+    # The chunk cut after 10,000 bytes, then the two the rest makes: the turn
+    # is given back after each, cut or not.
+    assert turns == ["in", "out"] * 3
+
+
+def test_a_registry_that_wants_lengths_is_one_line(proxy: FaultProxy, repo: str) -> None:
+    made = Made(random.Random(24).randbytes(CHUNK))
+    proxy.add(Status(r"/blobs/uploads/.", 411, methods=("PATCH",)))
+
+    with pytest.raises(UploadRefused) as error:
+        uploader(proxy.url).stream_blob(repo, LAYER, made.produce)
+    one_line(error, repo, proxy.host, "HTTP 411", "bundle")
