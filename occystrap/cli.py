@@ -824,6 +824,7 @@ def push(settings: Settings, prefix, images, chunk_size, source, registry):
           registry.internal:5000
     """
     from occystrap import pusher, sources
+    from occystrap.blobcache import CompressedBlobs, default_root
     from occystrap.image import Flow
     from occystrap.outputs.push import PushWriter
     from occystrap.reference import Registry
@@ -841,7 +842,8 @@ def push(settings: Settings, prefix, images, chunk_size, source, registry):
         targets = pusher.plan(held, prefix, tuple(images), settings.platform)
         keeps = all(i.manifest is not None for t in targets for i in t.images)
         writer = PushWriter(BlobUploader(transport, chunk_size),
-                            Flow.BLOB if keeps else Flow.LAYER)
+                            Flow.BLOB if keeps else Flow.LAYER,
+                            CompressedBlobs(default_root()))
         with _progress(settings) as report:
             outcomes = pusher.push(held, writer, targets, report=report,
                                    parallel=settings.parallel)

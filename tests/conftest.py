@@ -264,6 +264,16 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
         yield running
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path_factory: pytest.TempPathFactory,
+              monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test remembers compressed layers in a cache of its own (for
+    push; see occystrap.blobcache), never in the user's."""
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    return cache
+
+
 @pytest.fixture
 def repo(request: pytest.FixtureRequest) -> str:
     """A repository name unique to the test, since the registry is shared by the session."""

@@ -8,34 +8,33 @@ through the BlobUploader. Manifests go up only after every blob they name.
 The writer's flow says what a manifest is made of. With Flow.BLOB (a
 bundle: original bytes) blobs and manifest go up exactly as stored, so
 every digest stays what it was. With Flow.LAYER (docker-save sources:
-uncompressed layer.tar) each layer is gzip-compressed on its way into a
-temporary file, whose digest and size are then known, and a new Docker v2
-manifest names the compressed layers and the unchanged config.
+uncompressed layer.tar) each layer is gzip-compressed as it is sent, and
+a new Docker v2 manifest names the compressed layers and the unchanged
+config.
 
-Why a temporary file, not a stream into the upload: an upload names its
-digest and size before it starts (the registry commits nothing else),
-the HEAD that skips a blob the registry has needs the digest before any
-byte is sent, and a cut upload resumes from an offset, which a file gives
-for free while a gzip stream would have to be compressed again from the
-start. The file holds compressed bytes only, one per layer in flight.
+A layer compressed as it is sent has no digest until it is all sent, so
+the HEAD that skips a blob the registry holds cannot come first. What
+each layer compressed to before is remembered (blobcache), as docker and
+skopeo do: a layer pushed earlier from this machine is found by that
+digest and skipped or mounted. The compression is deterministic (no name,
+no time, fixed blocks), so a cut upload resumes by compressing the layer
+again and skipping what the registry holds. Layers take turns at the CPU
+(turns), as many at once as there are cores.
 """
 
 import dataclasses
 import json
 import logging
-import os
-import shutil
-import tempfile
 import threading
-from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
-from occystrap import zlibfast
+from occystrap import pipeline, zlibfast
+from occystrap.blobcache import CompressedBlobs
 from occystrap.digest import Digest, Hasher
 from occystrap.errors import OutputError
-from occystrap.fsutil import output_errors
 from occystrap.image import Flow, Image, Layer
 from occystrap.manifest import DOCKER_MANIFEST, Descriptor
+from occystrap.turns import Turns
 from occystrap.upload import BlobUploader
 
 LOG = logging.getLogger(__name__)
@@ -44,7 +43,6 @@ DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_GZIP_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 # docker's own default: a fair size for a fair cost in CPU.
 GZIP_LEVEL = 6
-_READ_CHUNK = 1 << 20
 
 # Reads a layer's stored bytes again from an offset (an upload resumed).
 Reopen = Callable[[Layer, int], Iterator[bytes]]
@@ -92,13 +90,14 @@ class PushWriter:
     wants_size_hints = False
 
     def __init__(self, uploader: BlobUploader, flow: Flow,
-                 temp_dir: Path | None = None,
-                 gzip_level: int = GZIP_LEVEL) -> None:
+                 cache: CompressedBlobs | None = None,
+                 gzip_level: int = GZIP_LEVEL,
+                 turns: Turns | None = None) -> None:
         self.uploader = uploader
         self.flow = flow
-        self._temp_parent = temp_dir
+        self._cache = cache or CompressedBlobs(None)
         self._gzip_level = gzip_level
-        self._temp: Path | None = None
+        self._turns = turns or Turns()
         self._lock = threading.Lock()
         # (repository, digest) pairs the registry holds, as far as we know.
         self._held: set[tuple[str, Digest]] = set()
@@ -115,24 +114,15 @@ class PushWriter:
     # -- the destination -----------------------------------------------------
 
     def open(self) -> None:
-        if self.flow is Flow.LAYER:
-            with output_errors(self._temp_parent or Path(
-                    tempfile.gettempdir())):
-                self._temp = Path(tempfile.mkdtemp(
-                    prefix="occystrap-push-", dir=self._temp_parent))
+        pass
 
     def close(self) -> None:
-        self._remove_temp()
+        pass
 
     def abort(self) -> None:
         # What went up stays: blobs no manifest names are harmless, and the
         # next push skips them. Manifests go up only when complete.
-        self._remove_temp()
-
-    def _remove_temp(self) -> None:
-        if self._temp is not None:
-            shutil.rmtree(self._temp, ignore_errors=True)
-            self._temp = None
+        pass
 
     # -- where the next image goes --------------------------------------------
 
@@ -169,6 +159,8 @@ class PushWriter:
         else:
             with self._lock:
                 descriptor = self._compressed.get(layer.diff_id)
+            if descriptor is None:
+                return self._pushed_before(layer)
         if descriptor is None:
             return False
         how = self._find(self.repository, descriptor.digest)
@@ -293,26 +285,46 @@ class PushWriter:
 
     # -- the layer flow: compressed on the way --------------------------------
 
+    def _pushed_before(self, layer: Layer) -> bool:
+        """Whether the layer went up compressed before (to this registry or
+        one it was mounted from) and the repository holds it now."""
+        for descriptor in self._cache.get(layer.diff_id):
+            how = self._find(self.repository, descriptor.digest)
+            if how is not None:
+                with self._lock:
+                    self._compressed[layer.diff_id] = descriptor
+                self._counts.add(how)
+                return True
+        return False
+
     def _upload_compressed(self, layer: Layer, chunks: Iterator[bytes]
                            ) -> None:
-        assert self._temp is not None
-        path = self._temp / f"{layer.diff_id.hex}.gz"
-        try:
-            with output_errors(path), open(path, "wb") as f:
-                hasher = _gzip_into(chunks, f, self._gzip_level)
-            descriptor = Descriptor(DOCKER_GZIP_LAYER, hasher.digest(),
-                                    hasher.size)
-            with self._lock:
-                self._compressed[layer.diff_id] = descriptor
-            # Hashed as it was written: reading it back hashes it no more.
-            self.put_blob(self.repository, descriptor,
-                          lambda offset: _file_from(path, offset),
-                          self._counts, prehashed=True)
-        finally:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        first = [chunks]
+        again = self._reopen
+        rank = self._turns.rank()
+
+        def produce() -> Iterator[bytes | bytearray]:
+            if first:
+                # The input's stream, checked against the diff_id at its end.
+                tar = first.pop()
+            elif again is None:
+                raise OutputError(
+                    f"the upload of layer {layer.index + 1} to "
+                    f"{self.repository} must start again, and this source "
+                    "cannot be read twice; push again")
+            else:
+                tar = pipeline.layer_tar(again(layer, 0), layer.diff_id,
+                                         f"layer {layer.index + 1}")
+            return zlibfast.gzip_chunks(tar, self._gzip_level)
+
+        descriptor = self.uploader.stream_blob(
+            self.repository, DOCKER_GZIP_LAYER, produce,
+            lambda: self._turns.turn(rank))
+        with self._lock:
+            self._compressed[layer.diff_id] = descriptor
+        self._holds(self.repository, descriptor.digest)
+        self._counts.add(UPLOADED, descriptor.size)
+        self._cache.put(layer.diff_id, descriptor)
 
     def _new_manifest(self, image: Image, config: Descriptor) -> bytes:
         with self._lock:
@@ -332,28 +344,5 @@ def _descriptor_json(descriptor: Descriptor) -> dict:
             "digest": str(descriptor.digest)}
 
 
-def _gzip_into(chunks: Iterable[bytes], f: BinaryIO, level: int) -> Hasher:
-    """Compress into f, hashing the compressed bytes as they are written.
-
-    The gzip has no name and no time, so the same layer compresses to the
-    same blob every time (with the same library): a second push finds it
-    in the registry. Compression releases the GIL, so layers compress in
-    parallel on the pipeline's threads.
-    """
-    hasher = Hasher()
-    for data in zlibfast.gzip_chunks(chunks, level):
-        if data:
-            hasher.update(data)
-            f.write(data)
-    return hasher
-
-
 def _bytes_from(data: bytes) -> Callable[[int], Iterator[bytes]]:
     return lambda offset: iter([data[offset:]])
-
-
-def _file_from(path: Path, offset: int) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        while chunk := f.read(_READ_CHUNK):
-            yield chunk
