@@ -9,10 +9,13 @@ per diff_id, written whole and renamed into place, so concurrent pushes
 never see half a file.
 
 It is a hint, nothing more: a compressed digest it names is used only if
-the registry says it holds that blob, and a cache that cannot be read or
-written (a read-only home, a damaged file) only costs the upload.
+the registry says it holds that blob (or mounts it from a repository it
+was pushed to before, which is remembered too), and a cache that cannot
+be read or written (a read-only home, a damaged file) only costs the
+upload.
 """
 
+import dataclasses
 import json
 import logging
 import os
@@ -27,7 +30,17 @@ LOG = logging.getLogger(__name__)
 # Compressed forms kept per layer (other libraries, levels or versions
 # give other blobs); the newest first.
 _KEEP = 4
+# Places (HOST/REPOSITORY) kept per compressed blob, the newest first.
+_PLACES = 8
 _MOST_BYTES = 64 << 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Remembered:
+    """A compressed blob a layer was pushed as, and where it went."""
+
+    descriptor: Descriptor
+    places: tuple[str, ...] = ()
 
 
 def default_root() -> Path | None:
@@ -42,12 +55,13 @@ def default_root() -> Path | None:
 
 
 class CompressedBlobs:
-    """diff_id -> the compressed blobs it was pushed as, newest first."""
+    """diff_id -> the compressed blobs it was pushed as, newest first,
+    each with the places (HOST/REPOSITORY) it was pushed to."""
 
     def __init__(self, root: Path | None) -> None:
         self.root = root
 
-    def get(self, diff_id: Digest) -> list[Descriptor]:
+    def get(self, diff_id: Digest) -> list[Remembered]:
         path = self._path(diff_id)
         if path is None:
             return []
@@ -63,14 +77,23 @@ class CompressedBlobs:
             LOG.debug("ignoring %s: %s", path, e)
             return []
 
-    def put(self, diff_id: Digest, descriptor: Descriptor) -> None:
+    def put(self, diff_id: Digest, descriptor: Descriptor,
+            place: str) -> None:
         path = self._path(diff_id)
         if path is None:
             return
-        known = [d for d in self.get(diff_id)
-                 if d.digest != descriptor.digest]
-        entries = [{"mediaType": d.media_type, "digest": str(d.digest),
-                    "size": d.size} for d in [descriptor, *known][:_KEEP]]
+        known = self.get(diff_id)
+        before = next((r.places for r in known
+                       if r.descriptor.digest == descriptor.digest), ())
+        newest = Remembered(descriptor, (place, *(p for p in before
+                                                  if p != place)))
+        entries = [{"mediaType": r.descriptor.media_type,
+                    "digest": str(r.descriptor.digest),
+                    "size": r.descriptor.size,
+                    "places": list(r.places[:_PLACES])}
+                   for r in [newest, *(r for r in known
+                                       if r.descriptor.digest
+                                       != descriptor.digest)][:_KEEP]]
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".new-")
@@ -91,7 +114,7 @@ class CompressedBlobs:
         return self.root / diff_id.algorithm / diff_id.hex
 
 
-def _parse(data: bytes) -> list[Descriptor]:
+def _parse(data: bytes) -> list[Remembered]:
     entries = json.loads(data)
     if not isinstance(entries, list):
         raise ValueError("not a list")
@@ -99,9 +122,13 @@ def _parse(data: bytes) -> list[Descriptor]:
     for entry in entries:
         size = entry["size"]
         media_type = entry["mediaType"]
+        places = entry.get("places", [])
         if not isinstance(size, int) or size < 0 \
-                or not isinstance(media_type, str):
+                or not isinstance(media_type, str) \
+                or not isinstance(places, list) \
+                or not all(isinstance(p, str) for p in places):
             raise ValueError(f"bad entry {entry!r}")
-        found.append(Descriptor(media_type, Digest.parse(entry["digest"]),
-                                size))
+        found.append(Remembered(
+            Descriptor(media_type, Digest.parse(entry["digest"]), size),
+            tuple(places)))
     return found

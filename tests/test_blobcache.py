@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from occystrap.blobcache import CompressedBlobs, default_root
+from occystrap.blobcache import CompressedBlobs, Remembered, default_root
 from occystrap.digest import Digest
 from occystrap.manifest import Descriptor
 
@@ -22,12 +22,25 @@ def test_what_is_put_is_got_back_newest_first_and_only_the_last_four(tmp_path: P
     cache = CompressedBlobs(tmp_path / "cache")
     assert cache.get(DIFF_ID) == []
     for n in range(6):
-        cache.put(DIFF_ID, _blob(n))
-    cache.put(DIFF_ID, _blob(4))
-    assert cache.get(DIFF_ID) == [_blob(4), _blob(5), _blob(3), _blob(2)]
+        cache.put(DIFF_ID, _blob(n), "registry:5000/one")
+    cache.put(DIFF_ID, _blob(4), "registry:5000/two")
+    assert [r.descriptor for r in cache.get(DIFF_ID)] == [_blob(4), _blob(5), _blob(3), _blob(2)]
+    assert cache.get(DIFF_ID)[0] == Remembered(
+        _blob(4), ("registry:5000/two", "registry:5000/one"))
     assert cache.get(Digest.of(b"another layer")) == []
     # Written whole and renamed: no temporary is left beside the entries.
     assert [p.name for p in (tmp_path / "cache" / "sha256").iterdir()] == [DIFF_ID.hex]
+
+
+def test_the_places_a_blob_went_are_kept_newest_first_and_only_the_last_eight(
+        tmp_path: Path) -> None:
+    cache = CompressedBlobs(tmp_path)
+    for n in range(10):
+        cache.put(DIFF_ID, _blob(1), f"host/repo{n}")
+    cache.put(DIFF_ID, _blob(1), "host/repo5")
+    (remembered,) = cache.get(DIFF_ID)
+    assert remembered.places == ("host/repo5", "host/repo9", "host/repo8", "host/repo7",
+                                 "host/repo6", "host/repo4", "host/repo3", "host/repo2")
 
 
 @pytest.mark.parametrize("content", [
@@ -35,6 +48,7 @@ def test_what_is_put_is_got_back_newest_first_and_only_the_last_four(tmp_path: P
     b'[{"mediaType": "x", "digest": "md5:' + b"0" * 32 + b'", "size": 1}]',
     b'[{"mediaType": "x", "size": -1, "digest": "sha256:' + b"0" * 64 + b'"}]',
     b"\xff\xfe", b"[" * 100_000,
+    b'[{"mediaType": "x", "size": 1, "places": [1], "digest": "sha256:' + b"0" * 64 + b'"}]',
 ])
 def test_a_damaged_entry_is_no_entry_and_is_replaced(tmp_path: Path, content: bytes) -> None:
     cache = CompressedBlobs(tmp_path)
@@ -42,17 +56,17 @@ def test_a_damaged_entry_is_no_entry_and_is_replaced(tmp_path: Path, content: by
     path.parent.mkdir()
     path.write_bytes(content)
     assert cache.get(DIFF_ID) == []
-    cache.put(DIFF_ID, _blob(1))
-    assert cache.get(DIFF_ID) == [_blob(1)]
+    cache.put(DIFF_ID, _blob(1), "host/repo")
+    assert cache.get(DIFF_ID) == [Remembered(_blob(1), ("host/repo",))]
 
 
 def test_a_cache_that_cannot_be_written_costs_nothing_but_itself(tmp_path: Path) -> None:
     blocked = tmp_path / "a-file"
     blocked.write_text("not a directory")
     cache = CompressedBlobs(blocked / "cache")
-    cache.put(DIFF_ID, _blob(1))
+    cache.put(DIFF_ID, _blob(1), "host/repo")
     assert cache.get(DIFF_ID) == []
-    CompressedBlobs(None).put(DIFF_ID, _blob(1))
+    CompressedBlobs(None).put(DIFF_ID, _blob(1), "host/repo")
     assert CompressedBlobs(None).get(DIFF_ID) == []
 
 

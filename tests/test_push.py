@@ -4,8 +4,10 @@ through the fault proxy."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
+import tarfile
 import tempfile
 import urllib.parse
 from collections.abc import Iterator
@@ -189,6 +191,13 @@ def test_layers_pushed_before_are_known_by_what_they_compressed_to(
         assert [s for s in proxy.requests("/blobs/uploads/")] == []
     assert f"0 blobs uploaded, {len(layers) + 1} already there" in again.output
     assert _get(far, repo, "v1")[1] == digest
+
+    # Into another repository of that registry: mounted from where they went
+    # (only the config, which is no layer, is sent).
+    copied = _ok("push", "--prefix", "copy", str(tarball), far.host)
+    assert "1 blob uploaded" in copied.output
+    assert f"{len(layers)} mounted" in copied.output
+    assert _get(far, f"copy/{repo}", "v1")[1] == digest
 
     # Forgotten, or remembered wrong: compressed and sent again, to the same digests.
     cache = tmp_path / "other-cache"
@@ -392,6 +401,38 @@ def test_a_damaged_bundle_blob_is_never_committed(registry, repo, far, tmp_path)
     assert not [s for s in committed if s.method == "PUT"]
     gone = requests.head(f"{far.url}/v2/{repo}/blobs/{large.digest}", timeout=10)
     assert gone.status_code == 404
+    assert _get(far, repo, "big") is None
+
+
+def test_a_damaged_tarball_layer_is_never_committed(registry, repo, far, tmp_path):
+    # Compressed and sent as it is read: its check against the diff_id at
+    # its end must still come before the closing PUT, and is not retried.
+    image = ib.small_image(82, size=4 * CHUNK)
+    registry.push_image(repo, image, "big")
+    tarball = tmp_path / "image.tar"
+    _ok("fetch-to-tarfile", registry.host, repo, "big", str(tarball))
+    large = max(image.layers, key=lambda layer: layer.size)
+    with tarfile.open(tarball) as archive:
+        member = next(m for m in archive.getmembers()
+                      if m.isfile() and m.size > 4 * CHUNK)
+    with open(tarball, "r+b") as f:
+        f.seek(member.offset_data + 2000)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 1]))
+
+    with FaultProxy(far.url) as proxy:
+        result = occystrap("--retries", "3", "push", "--chunk-size", "64k", str(tarball),
+                           proxy.host)
+        sent = proxy.requests(r"/blobs/uploads/.")
+    assert_error(result, large.diff_id[:19], "corrupt")
+    assert [s for s in sent if s.method == "GET"] == []
+    # Only the other layer was committed.
+    (put,) = [s for s in sent if s.method == "PUT"]
+    digest = urllib.parse.parse_qs(urllib.parse.urlsplit(put.path).query)["digest"][0]
+    committed = requests.get(f"{far.url}/v2/{repo}/blobs/{digest}", timeout=10).content
+    assert gzip.decompress(committed) != large.tar
+    assert ib.sha256(gzip.decompress(committed)) in image.diff_ids
     assert _get(far, repo, "big") is None
 
 

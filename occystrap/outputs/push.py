@@ -43,6 +43,9 @@ DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_GZIP_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 # docker's own default: a fair size for a fair cost in CPU.
 GZIP_LEVEL = 6
+# Repositories a remembered blob is tried in, at most: each try is a
+# request, and where it went most recently is likeliest to still hold it.
+_MOUNT_TRIES = 2
 
 # Reads a layer's stored bytes again from an offset (an upload resumed).
 Reopen = Callable[[Layer, int], Iterator[bytes]]
@@ -286,16 +289,34 @@ class PushWriter:
     # -- the layer flow: compressed on the way --------------------------------
 
     def _pushed_before(self, layer: Layer) -> bool:
-        """Whether the layer went up compressed before (to this registry or
-        one it was mounted from) and the repository holds it now."""
-        for descriptor in self._cache.get(layer.diff_id):
+        """Whether the layer went up compressed before and the repository
+        holds that blob now, or has it mounted from where it went."""
+        for remembered in self._cache.get(layer.diff_id):
+            descriptor = remembered.descriptor
             how = self._find(self.repository, descriptor.digest)
+            if how is None:
+                how = self._mount_remembered(descriptor.digest,
+                                             remembered.places)
             if how is not None:
                 with self._lock:
                     self._compressed[layer.diff_id] = descriptor
                 self._counts.add(how)
                 return True
         return False
+
+    def _mount_remembered(self, digest: Digest, places: tuple[str, ...]
+                          ) -> str | None:
+        here = f"{self.uploader.host}/"
+        for place in places[:_MOUNT_TRIES]:
+            source = place.removeprefix(here)
+            if source == place or source == self.repository:
+                continue
+            if self.uploader.mount_blob(self.repository, digest, source):
+                LOG.info("mounted %s into %s from %s, where it was pushed "
+                         "before", digest.short(), self.repository, source)
+                self._holds(self.repository, digest)
+                return MOUNTED
+        return None
 
     def _upload_compressed(self, layer: Layer, chunks: Iterator[bytes]
                            ) -> None:
@@ -324,7 +345,8 @@ class PushWriter:
             self._compressed[layer.diff_id] = descriptor
         self._holds(self.repository, descriptor.digest)
         self._counts.add(UPLOADED, descriptor.size)
-        self._cache.put(layer.diff_id, descriptor)
+        self._cache.put(layer.diff_id, descriptor,
+                        f"{self.uploader.host}/{self.repository}")
 
     def _new_manifest(self, image: Image, config: Descriptor) -> bytes:
         with self._lock:
