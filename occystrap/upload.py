@@ -6,8 +6,10 @@ small one goes up in one POST and PUT; a large one in PATCH chunks, then a
 PUT naming its digest. The source is read again from any offset
 (`reopen`), so nothing larger than one source chunk is held in memory
 and an upload cut mid-chunk resumes from the offset the registry reports
-rather than from the start. Manifests go up last; the digest the registry
-computes must be ours.
+rather than from the start. A blob whose digest is known only once it is
+made (a layer compressed as it is sent) streams in PATCHes of unknown
+length, as docker pushes, and is made again to resume (stream_blob).
+Manifests go up last; the digest the registry computes must be ours.
 
     uploader = BlobUploader(transport, chunk_size=16 << 20)
     if not uploader.has_blob("team/app", digest):
