@@ -198,6 +198,11 @@ def test_layers_pushed_before_are_known_by_what_they_compressed_to(
     assert "1 blob uploaded" in copied.output
     assert f"{len(layers)} mounted" in copied.output
     assert _get(far, f"copy/{repo}", "v1")[1] == digest
+    for entry in own_cache.glob("occystrap/compressed/sha256/*"):
+        (remembered,) = json.loads(entry.read_text())
+        # Newest first; the push through the proxy went to another host:port.
+        places = remembered["places"]
+        assert places[0] == f"{far.host}/copy/{repo}" and f"{far.host}/{repo}" in places
 
     # Forgotten, or remembered wrong: compressed and sent again, to the same digests.
     cache = tmp_path / "other-cache"

@@ -170,6 +170,8 @@ class PushWriter:
         if how is None:
             return False
         self._counts.add(how)
+        if self.flow is Flow.LAYER:
+            self._remember(layer, descriptor)
         return True
 
     def resume_from(self, layer: Layer) -> Hasher | None:
@@ -301,8 +303,15 @@ class PushWriter:
                 with self._lock:
                     self._compressed[layer.diff_id] = descriptor
                 self._counts.add(how)
+                self._remember(layer, descriptor)
                 return True
         return False
+
+    def _remember(self, layer: Layer, descriptor: Descriptor) -> None:
+        """The repository holds the layer as this blob now: a later push
+        can mount it from here."""
+        self._cache.put(layer.diff_id, descriptor,
+                        f"{self.uploader.host}/{self.repository}")
 
     def _mount_remembered(self, digest: Digest, places: tuple[str, ...]
                           ) -> str | None:
@@ -345,8 +354,7 @@ class PushWriter:
             self._compressed[layer.diff_id] = descriptor
         self._holds(self.repository, descriptor.digest)
         self._counts.add(UPLOADED, descriptor.size)
-        self._cache.put(layer.diff_id, descriptor,
-                        f"{self.uploader.host}/{self.repository}")
+        self._remember(layer, descriptor)
 
     def _new_manifest(self, image: Image, config: Descriptor) -> bytes:
         with self._lock:
