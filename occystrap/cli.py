@@ -59,6 +59,15 @@ class Settings:
     credentials: Credentials | None
 
 
+# What a command stopped midway leaves behind, where it is not nothing.
+_LEFT_WHEN_INTERRUPTED = {
+    "push": "what was pushed stays (an image's manifest goes up only "
+            "after all its blobs), and pushing again skips those blobs",
+    "fetch-to-bundle": "the bundle keeps every blob it verified, and the "
+                       "next run into it resumes from there",
+}
+
+
 class OccystrapGroup(click.Group):
     """Turns library errors into one-line messages and exit codes, once."""
 
@@ -92,9 +101,10 @@ class OccystrapGroup(click.Group):
                    signum: int = signal.SIGINT) -> None:
         name = "" if signum == signal.SIGINT \
             else f" by {signal.Signals(signum).name}"
+        left = _LEFT_WHEN_INTERRUPTED.get(ctx.invoked_subcommand or "",
+                                          "nothing was written")
         try:
-            click.echo(f"\nInterrupted{name}; nothing was written.",
-                       err=True)
+            click.echo(f"\nInterrupted{name}; {left}.", err=True)
         except OSError:
             pass  # the terminal went with the ssh session that hung up
         ctx.exit(128 + signum)

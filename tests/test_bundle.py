@@ -526,3 +526,16 @@ def test_a_directory_that_is_not_a_bundle_is_refused(registry, repo, tmp_path):
     result = occystrap("fetch-to-bundle", f"{registry.host}/{repo}:v1", str(tmp_path / "dir"))
     assert_error(result, "is not empty and is not a bundle")
     assert [p.name for p in (tmp_path / "dir").iterdir()] == ["notes.txt"]
+
+
+def test_ctrl_c_says_the_bundle_keeps_what_it_verified(registry, repo, tmp_path, monkeypatch):
+    registry.push_image(repo, ib.small_image(77), "v1")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("occystrap.pipeline._copy_layer", interrupted)
+    result = occystrap("fetch-to-bundle", f"{registry.host}/{repo}:v1", str(tmp_path / "b"))
+
+    assert result.exit_code == 130
+    assert "Interrupted; the bundle keeps every blob it verified" in result.stderr

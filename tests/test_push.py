@@ -565,3 +565,18 @@ def test_token_auth_pushes_for_a_pusher_and_refuses_anonymous(
                           ALICE_PASSWORD, "push", "--prefix", "public", str(tarball),
                           tokens.host)
     assert_error(elsewhere, "public/library/app")
+
+
+def test_ctrl_c_says_what_a_push_leaves(far, tmp_path, monkeypatch):
+    tarball = tmp_path / "busybox.tar"
+    _write_docker_save(tarball, ib.small_image(76), "busybox:latest")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("occystrap.pusher._push_one", interrupted)
+    result = occystrap("push", str(tarball), far.host)
+
+    assert result.exit_code == 130
+    assert "Interrupted; what was pushed stays" in result.stderr
+    assert "nothing was written" not in result.stderr
