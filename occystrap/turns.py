@@ -1,14 +1,15 @@
 """Turns at the CPU for streams that compress as they send.
 
-A push of a docker-save tarball compresses each layer as it uploads it.
-Compressing is CPU work and sending mostly is not, so a stream takes a
-turn for each block it compresses and gives it back while the block goes
-out. Turns are at most as many as the cores, and a waiting stream that
-started earlier goes first: streams then finish one after another rather
-than all at once, so the registry commits one layer (on the local disk of
-a registry on the same host, a wait for its sync) while the next layer is
-compressing. Over a slow link, where a stream waits on its socket most of
-the time, every stream in flight still sends.
+A push of a docker-save tarball compresses each layer as it uploads it,
+in PATCHes. A stream takes a turn to make and send each PATCH's body and
+gives it back before it waits for the registry's answer (a wait for its
+disk, where a registry syncs each chunk). Turns are as many as the cores,
+and a waiting stream that started earlier goes first: streams then finish
+one after another rather than all at once, so the registry commits one
+layer while the next is compressing. (Turns taken per compressed block
+let every stream advance evenly and finish together: measured slower.)
+Over a slow link this sends at most as many layers at once as there are
+cores, the rest of -j waiting their turn.
 """
 
 import contextlib
