@@ -278,12 +278,22 @@ class Transport:
         https to be tried, and its failure (say, an unknown CA) to be the
         one reported.
         """
+        url = f"http://{self.registry.host}/v2/"
         try:
-            response = self._send("GET", f"http://{self.registry.host}/v2/")
+            # One attempt: a port that drops plain http unanswered may well
+            # speak TLS, and waiting out the retries' backoff before trying
+            # it would cost every command seconds.
+            response = self._send("GET", url, deadline=time.monotonic())
         except RegistryUnreachable as e:
             LOG.debug("plain http unusable for %s (%s); trying https",
                       self.registry.host, e)
             return False
+        except RateLimited:
+            raise
+        except RegistryError:
+            # It answered over http, with a status worth retrying: ask
+            # again with the usual retries, as for any request.
+            response = self._send("GET", url)
         response.close()
         if response.status_code == 401:
             self.auth.remember(response.headers.get("WWW-Authenticate"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import socketserver
 import threading
 import time
 import urllib.parse
@@ -11,7 +12,7 @@ import pytest
 
 from conftest import serving
 from occystrap.auth import scope, scope_key
-from occystrap.errors import BodyNotReplayable
+from occystrap.errors import BodyNotReplayable, RegistryUnreachable
 from occystrap.options import TransportOptions
 from occystrap.reference import Registry
 from occystrap.transport import Transport
@@ -22,9 +23,11 @@ FAST = TransportOptions(retries=3, backoff=0.0, connect_timeout=2, read_timeout=
 class _Recorder(http.server.ThreadingHTTPServer):
     """A registry that asks for a token, and a token service, in one."""
 
-    def __init__(self, fail_uploads: int = 0, slow: float = 0.0) -> None:
+    def __init__(self, fail_uploads: int = 0, slow: float = 0.0,
+                 fail_pings: int = 0) -> None:
         self.seen: list[tuple[str, str, bytes]] = []
         self.fail_uploads = fail_uploads
+        self.fail_pings = fail_pings
         # Seconds each answer takes: long enough for threads to overlap.
         self.slow = slow
         self.lock = threading.Lock()
@@ -74,7 +77,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.server.seen.append((self.command, self.path, body))
         time.sleep(self.server.slow)
         path = urllib.parse.urlsplit(self.path).path
-        if path == "/token":
+        if path == "/v2/" and self.server.fail_pings:
+            self.server.fail_pings -= 1
+            self._answer(503)
+        elif path == "/token":
             self._answer(200, {"Content-Type": "application/json"}, b'{"token": "T"}')
         elif self.headers.get("Authorization") != "Bearer T":
             self._answer(401, {"WWW-Authenticate": (
@@ -166,6 +172,43 @@ def test_a_loopback_registry_is_asked_over_plain_http_first():
             Registry.parse(server.host), FAST) as transport:
         assert transport.base_url() == f"http://{server.host}/v2"
         assert server.connections == 1
+
+
+def test_a_loopback_registry_failing_a_moment_over_plain_http_is_retried_there():
+    # A 503 is an answer over plain http: retried as any request is, not
+    # taken for a port that speaks only TLS.
+    with serving(_Recorder(fail_pings=2)) as server, Transport(
+            Registry.parse(server.host), FAST) as transport:
+        assert transport.base_url() == f"http://{server.host}/v2"
+        assert [path for _, path, _ in server.seen] == ["/v2/"] * 3
+
+
+class _Hangs(socketserver.ThreadingTCPServer):
+    """Accepts and closes every connection unanswered, as some TLS servers
+    treat a plain http request."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        self.plain = 0
+
+        class Close(socketserver.BaseRequestHandler):
+            def handle(inner) -> None:
+                if inner.request.recv(3) == b"GET":
+                    self.plain += 1
+
+        super().__init__(("127.0.0.1", 0), Close)
+        self.host = f"127.0.0.1:{self.server_address[1]}"
+
+
+def test_the_plain_http_probe_of_a_loopback_registry_is_not_retried():
+    # A port that closes plain http unanswered may speak TLS: https is
+    # tried next, with the usual retries; the probe spends no backoff.
+    with serving(_Hangs()) as server, Transport(
+            Registry.parse(server.host), FAST) as transport:
+        with pytest.raises(RegistryUnreachable):
+            transport.base_url()
+        assert server.plain == 1
 
 
 def test_a_token_is_cached_per_set_of_scopes_whatever_their_order():
