@@ -35,9 +35,9 @@ from occystrap.transport import Body, Transport, error_details, redact
 
 LOG = logging.getLogger(__name__)
 
-# Each PATCH carries one chunk, streamed from the source with a
-# Content-Length (some registries refuse chunked transfer encoding on
-# uploads), so memory does not grow with the chunk size. 16 MiB: over
+# Each PATCH carries one chunk, streamed from the source, so memory does
+# not grow with the chunk size; with a Content-Length when the blob's size
+# is known (a blob made on the way has none: see stream_blob). 16 MiB: over
 # ECR's 5 MiB minimum part; one round trip per chunk costs under 3% at
 # 100 Mbit/s; distribution syncs its state to disk several times a PATCH
 # (467 fsyncs for 514 MiB in 8 MiB chunks, 227 in 32 MiB ones), which 16
@@ -402,20 +402,23 @@ class _Upload:
                         "damaged or changed, and nothing was pushed under "
                         "that digest")
             except _Broken as e:
-                at = self._resume_point(e, min(offset + self.up.chunk_size,
-                                               size),
+                at = self._resume_point(e, offset,
+                                        min(offset + self.up.chunk_size, size),
                                         f"{offset} and one chunk")
-                if at > offset:
-                    self.failures = 0  # part of the cut chunk arrived
                 offset = at
                 self.report(offset)
         return offset
 
-    def _resume_point(self, broken: _Broken, most: int, sent: str) -> int:
+    def _resume_point(self, broken: _Broken, before: int, most: int,
+                      sent: str) -> int:
         """After a break, where the registry says the upload stands; more
-        than `most` bytes (what could have arrived) is an error."""
+        than `most` bytes (what could have arrived) is an error. Retries
+        count breaks without progress: past `before` (what the registry
+        held when the cut chunk began), part of it arrived."""
         self._failed(str(broken), broken.retry_after)
         self.location, at = self._status(self.location)
+        if at > before:
+            self.failures = 0
         if at > most:
             raise RegistryError(
                 f"{self.up.host} reports {at} bytes of an upload to "
@@ -551,9 +554,10 @@ class _Streamed(_Upload):
                     finally:
                         body.close()  # the turn is given back, sent or not
                     self.failures = 0
+                    held = source.taken
                 break
             except _Broken as e:
-                held = self._resume_point(e, hasher.size,
+                held = self._resume_point(e, held, hasher.size,
                                           f"at most {hasher.size} bytes")
         self.descriptor = Descriptor(self.media_type, hasher.digest(),
                                      hasher.size)
@@ -636,12 +640,15 @@ class _Stream:
     def __init__(self, chunks: Iterable[Chunk]) -> None:
         self._chunks = iter(chunks)
         self._left = memoryview(b"")
+        # Bytes handed out so far.
+        self.taken = 0
 
     def take(self, most: int) -> memoryview:
         """Up to `most` bytes; empty at the end of the source."""
         if self.ended():
             return self._left
         taken, self._left = self._left[:most], self._left[most:]
+        self.taken += len(taken)
         return taken
 
     def ended(self) -> bool:

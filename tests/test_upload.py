@@ -521,6 +521,19 @@ def test_a_cut_blob_made_on_the_way_is_made_again_and_resumed(
     assert [method for method, _ in calls(proxy)].count("POST") == 1
 
 
+def test_a_blob_made_on_the_way_over_a_link_that_drops_but_progresses_gets_there(
+        proxy: FaultProxy, registry: Registry, repo: str) -> None:
+    # Every PATCH is cut after 10,000 bytes, which the registry keeps: more
+    # cuts in a row than retries, each with progress, as for a stored blob.
+    made = Made(random.Random(25).randbytes(3 * CHUNK))
+    proxy.add(CutUpload(r"/blobs/uploads/", after=10_000, keep_part=True, times=8))
+
+    descriptor = uploader(proxy.url).stream_blob(repo, LAYER, made.produce)
+
+    assert stored(registry.url, repo, descriptor.digest) == made.data
+    assert made.made == 9
+
+
 def test_a_blob_made_on_the_way_starts_again_when_the_session_is_forgotten(
         proxy: FaultProxy, registry: Registry, repo: str) -> None:
     made = Made(random.Random(22).randbytes(3 * CHUNK))
