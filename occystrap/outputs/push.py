@@ -156,23 +156,32 @@ class PushWriter:
         pass
 
     def has_layer(self, layer: Layer) -> bool:
+        for descriptor, places in self._candidates(layer):
+            how = self._find(self.repository, descriptor.digest) \
+                or self._mount_remembered(descriptor.digest, places)
+            if how is not None:
+                self._counts.add(how)
+                if self.flow is Flow.LAYER:
+                    with self._lock:
+                        self._compressed[layer.diff_id] = descriptor
+                    self._remember(layer, descriptor)
+                return True
+        return False
+
+    def _candidates(self, layer: Layer
+                    ) -> list[tuple[Descriptor, tuple[str, ...]]]:
+        """The blobs that would be the layer, with the places (HOST/REPO)
+        a remembered one went to: a bundle's stored blob; else the one it
+        was compressed to in this run, or else before (blobcache)."""
         if self.flow is Flow.BLOB:
             assert layer.descriptor is not None
-            descriptor: Descriptor | None = layer.descriptor
-        else:
-            with self._lock:
-                descriptor = self._compressed.get(layer.diff_id)
-            if descriptor is None:
-                return self._pushed_before(layer)
-        if descriptor is None:
-            return False
-        how = self._find(self.repository, descriptor.digest)
-        if how is None:
-            return False
-        self._counts.add(how)
-        if self.flow is Flow.LAYER:
-            self._remember(layer, descriptor)
-        return True
+            return [(layer.descriptor, ())]
+        with self._lock:
+            known = self._compressed.get(layer.diff_id)
+        if known is not None:
+            return [(known, ())]
+        return [(r.descriptor, r.places)
+                for r in self._cache.get(layer.diff_id)]
 
     def resume_from(self, layer: Layer) -> Hasher | None:
         """Nothing is half here: the uploader resumes cut uploads itself."""
@@ -290,23 +299,6 @@ class PushWriter:
 
     # -- the layer flow: compressed on the way --------------------------------
 
-    def _pushed_before(self, layer: Layer) -> bool:
-        """Whether the layer went up compressed before and the repository
-        holds that blob now, or has it mounted from where it went."""
-        for remembered in self._cache.get(layer.diff_id):
-            descriptor = remembered.descriptor
-            how = self._find(self.repository, descriptor.digest)
-            if how is None:
-                how = self._mount_remembered(descriptor.digest,
-                                             remembered.places)
-            if how is not None:
-                with self._lock:
-                    self._compressed[layer.diff_id] = descriptor
-                self._counts.add(how)
-                self._remember(layer, descriptor)
-                return True
-        return False
-
     def _remember(self, layer: Layer, descriptor: Descriptor) -> None:
         """The repository holds the layer as this blob now: a later push
         can mount it from here."""
@@ -315,6 +307,8 @@ class PushWriter:
 
     def _mount_remembered(self, digest: Digest, places: tuple[str, ...]
                           ) -> str | None:
+        """MOUNTED if the repository could mount the blob from a place it
+        was pushed to before, on this registry."""
         here = f"{self.uploader.host}/"
         for place in places[:_MOUNT_TRIES]:
             source = place.removeprefix(here)
