@@ -205,6 +205,21 @@ class CutUpload(Fault):
         request.close()
 
 
+class NthPatch(CutUpload):
+    """Cut the nth PATCH (of any upload: its count runs across them) after
+    10,000 bytes, once; see CutUpload for `keep_part` and `follow`."""
+
+    def __init__(self, nth: int, **kwargs) -> None:
+        super().__init__(r"/blobs/uploads/", after=10_000, times=1, **kwargs)
+        self.nth, self.patches = nth, 0
+
+    def takes(self, method: str, path: str, headers: dict[str, str]) -> bool:
+        if method != "PATCH":
+            return False
+        self.patches += 1
+        return self.patches == self.nth and super().takes(method, path, headers)
+
+
 class Rewrite(Fault):
     """Pass the registry's answer through `change`, which edits it in place."""
 

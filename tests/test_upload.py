@@ -20,7 +20,7 @@ import requests
 import pki
 import tokenserver
 from conftest import Registry, start_registry
-from faultproxy import CutUpload, FaultProxy, Rewrite, Status
+from faultproxy import CutUpload, FaultProxy, NthPatch, Rewrite, Status
 from occystrap.credentials import Credentials
 from occystrap.digest import Digest
 from occystrap.errors import (
@@ -472,20 +472,6 @@ class Made:
         self.made += 1
         for start in range(0, len(self.data), 30_000):
             yield self.data[start:start + 30_000]
-
-
-class NthPatch(CutUpload):
-    """Cut the nth PATCH (of any upload) after 10,000 bytes."""
-
-    def __init__(self, nth: int, **kwargs) -> None:
-        super().__init__(r"/blobs/uploads/", after=10_000, times=1, **kwargs)
-        self.nth, self.patches = nth, 0
-
-    def takes(self, method: str, path: str, headers: dict[str, str]) -> bool:
-        if method != "PATCH":
-            return False
-        self.patches += 1
-        return self.patches == self.nth and super().takes(method, path, headers)
 
 
 def test_a_blob_made_on_the_way_goes_up_in_chunks_of_unknown_length(
