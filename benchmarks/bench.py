@@ -129,6 +129,11 @@ def push_images(url: str, with_big: bool, cases: set[str]) -> None:
     images = build_images(with_big, cases)
     for name, image in images.items():
         ib.push_image(url, "bench/" + name.lower(), image, "v1")
+        # What the layers hold shows here: how much of them compresses.
+        tar = sum(len(layer.tar) for layer in image.layers) / MIB
+        blobs = sum(layer.size for layer in image.layers) / MIB
+        print(f"  {name.lower()}: {len(image.layers)} layers, {tar:.1f} MiB of tar "
+              f"in {blobs:.1f} MiB of gzip", flush=True)
     if "8x128MiB" in images:
         # A second image sharing the first seven layers, for the merged case.
         eight = images["8x128MiB"]
