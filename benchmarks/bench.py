@@ -492,6 +492,10 @@ with tarfile.open(tarball) as outer:
 """
 
 
+# Side processes that share the layers' hashing and deflating.
+_FLOOR_WORKERS = 2
+
+
 def push_tarball_floor(host: str, occystrap, tarball: Path, work: Path, options,
                        peer: float) -> None:
     """Print what no push of the tarball can beat on this machine.
@@ -514,8 +518,9 @@ def push_tarball_floor(host: str, occystrap, tarball: Path, work: Path, options,
             target = registries.next()
             started = time.monotonic()
             workers = [subprocess.Popen(["nice", "-n", "19", sys.executable, "-c",
-                                         _HASH_AND_DEFLATE, str(tarball), str(part), "2"])
-                       for part in range(2)]
+                                         _HASH_AND_DEFLATE, str(tarball), str(part),
+                                         str(_FLOOR_WORKERS)])
+                       for part in range(_FLOOR_WORKERS)]
             subprocess.run([*occystrap, "push", str(bundle), target], check=True,
                            capture_output=True)
             if any(worker.wait() for worker in workers):
