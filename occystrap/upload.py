@@ -395,7 +395,7 @@ class _Upload:
                 # Past the promised size, the source must end: reading on
                 # also lets a source that checks its digest at its end
                 # (a bundle's blob) do so before the closing PUT.
-                if source.more():
+                if not source.ended():
                     raise VerificationError(
                         f"blob {self.descriptor.digest} is longer than the "
                         f"{size} bytes its descriptor says; the source is "
@@ -659,10 +659,6 @@ class _Stream:
                 return True
             self._left = memoryview(chunk)
         return False
-
-    def more(self) -> bool:
-        """Whether the source has bytes left (reading it to its end)."""
-        return bool(self.take(1))
 
 
 class _Piece:
