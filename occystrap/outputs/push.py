@@ -162,8 +162,6 @@ class PushWriter:
             if how is not None:
                 self._counts.add(how)
                 if self.flow is Flow.LAYER:
-                    with self._lock:
-                        self._compressed[layer.diff_id] = descriptor
                     self._remember(layer, descriptor)
                 return True
         return False
@@ -300,8 +298,10 @@ class PushWriter:
     # -- the layer flow: compressed on the way --------------------------------
 
     def _remember(self, layer: Layer, descriptor: Descriptor) -> None:
-        """The repository holds the layer as this blob now: a later push
-        can mount it from here."""
+        """The repository holds the layer as this blob now: the manifest
+        names it, and a later push can mount it from here."""
+        with self._lock:
+            self._compressed[layer.diff_id] = descriptor
         self._cache.put(layer.diff_id, descriptor,
                         f"{self.uploader.host}/{self.repository}")
 
@@ -344,11 +344,9 @@ class PushWriter:
         descriptor = self.uploader.stream_blob(
             self.repository, DOCKER_GZIP_LAYER, produce,
             lambda: self._turns.turn(rank))
-        with self._lock:
-            self._compressed[layer.diff_id] = descriptor
+        self._remember(layer, descriptor)
         self._holds(self.repository, descriptor.digest)
         self._counts.add(UPLOADED, descriptor.size)
-        self._remember(layer, descriptor)
 
     def _new_manifest(self, image: Image, config: Descriptor) -> bytes:
         with self._lock:
